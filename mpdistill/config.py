@@ -1,0 +1,220 @@
+"""Build the frozen `RunConfig` of a run from CLI flags, the environment, YAML, `config.py` and defaults.
+
+Precedence: CLI flags > environment (and `.env`) > YAML > `config.py` > built-in defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .endpoint import Endpoint
+from .errors import ConfigError
+
+SAMPLE_INPUT = Path(__file__).parent / "sample" / "sample.jsonl"
+MOCK_MODEL = "mock-model"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; built once, never mutated, passed to every component."""
+
+    input: str | None = None
+    output: str = "output/{model}_results.jsonl"
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key: str = field(default="", repr=False)
+    endpoints: tuple[Endpoint, ...] = ()
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # other generation params (top_p, stop, …)
+    timeout: float = 120.0
+    max_retries: int = 5
+    retry_base: float = 1.0
+    retry_max: float = 60.0
+    processes: int = 64
+    concurrency: int = 1
+    limit: int | None = None
+    image_max_side: int | None = None
+    max_line_bytes: int = 20 * 1024 * 1024
+    checkpoint_interval: int = 10
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "logs"
+    run_name: str | None = None
+    restart: bool = False
+    retry_failed: bool = False
+    grace: float = 30.0
+    max_outage: float = 300.0
+    rpm: float | None = None
+    tpm: float | None = None
+    pool: str | None = None
+    endpoints_file: str | None = None
+    mock: bool = False
+    progress: bool = True
+
+    @property
+    def name(self) -> str:
+        """The run's name: checkpoint, status and stop files are keyed by it."""
+        return self.run_name or self.model
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output.replace("{model}", _safe(self.model)))
+
+    @property
+    def errors_path(self) -> Path:
+        return sibling(self.output_path, ".errors.jsonl")
+
+    @property
+    def summary_path(self) -> Path:
+        return sibling(self.output_path, ".summary.json")
+
+    def fingerprint_fields(self) -> dict:
+        """The settings that change answers: a resume with other values gets a warning."""
+        return {"model": self.model, "system": self.system, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "params": dict(self.params),
+                "image_max_side": self.image_max_side}
+
+
+def sibling(output: Path, suffix: str) -> Path:
+    """`out/a.jsonl` + `.errors.jsonl` → `out/a.errors.jsonl`."""
+    stem = output.name[:-len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(stem + suffix)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# config.py constant → RunConfig field. Only these names may appear in a config.py.
+CONFIG_PY_NAMES = {
+    "PROCESSES": "processes", "CONCURRENCY": "concurrency",
+    "CHECKPOINT_SAVE_INTERVAL": "checkpoint_interval", "CHECKPOINT_DIR": "checkpoint_dir",
+    "LOG_DIR": "log_dir", "INPUT_FILE": "input", "OUTPUT_FILE": "output", "MODEL": "model",
+    "BASE_URL": "base_url", "SYSTEM_PROMPT": "system", "MAX_TOKENS": "max_tokens",
+    "TEMPERATURE": "temperature", "TIMEOUT": "timeout", "MAX_RETRIES": "max_retries",
+    "RETRY_BASE_DELAY": "retry_base", "RETRY_MAX_DELAY": "retry_max", "GRACE_PERIOD": "grace",
+    "MAX_OUTAGE": "max_outage", "IMAGE_MAX_SIDE": "image_max_side",
+    "MAX_LINE_BYTES": "max_line_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
+}
+
+# environment variable → RunConfig field
+ENV_NAMES = {
+    "OPENAI_API_KEY": "api_key", "OPENAI_BASE_URL": "base_url", "MPDISTILL_MODEL": "model",
+    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_ENDPOINTS": "endpoints_file",
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """Convert `value` to the type of RunConfig field `name`, or raise ConfigError naming `where`."""
+    kind = str(_FIELDS[name].type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{where}: {name} must not be empty")
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind == "bool":
+            return _as_bool(value)
+        if kind.startswith("str"):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {name} has a wrong value {value!r} (expected {kind})") from err
+    return value
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def load_config_py(path: Path) -> dict:
+    """Read the UPPERCASE constants of a user `config.py`; unknown names are an error."""
+    spec = importlib.util.spec_from_file_location("_mpdistill_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a user file can raise anything; report it as config
+        raise ConfigError(f"{path}: cannot be loaded: {err}") from err
+    values = {}
+    for key, value in vars(module).items():
+        if not key.isupper() or key.startswith("_"):
+            continue
+        if key not in CONFIG_PY_NAMES:
+            raise ConfigError(f"{path}: unknown setting {key} (known: {', '.join(sorted(CONFIG_PY_NAMES))})")
+        fname = CONFIG_PY_NAMES[key]
+        values[fname] = coerce(fname, value, f"{path}: {key}")
+    return values
+
+
+def env_values(env: Mapping[str, str]) -> dict:
+    """The RunConfig fields that the environment sets."""
+    values = {}
+    for var, fname in ENV_NAMES.items():
+        if env.get(var):
+            values[fname] = coerce(fname, env[var], f"environment variable {var}")
+    return values
+
+
+def check_values(values: Mapping[str, Any], where: str) -> dict:
+    """Validate a mapping of field names (from YAML or the Python API); unknown keys are errors."""
+    out = {}
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        out[key] = coerce(key, value, where) if key not in ("params", "endpoints") else value
+    return out
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Reject values no run can use, with a message naming the setting."""
+    positive = {"processes": cfg.processes, "concurrency": cfg.concurrency,
+                "checkpoint_interval": cfg.checkpoint_interval, "timeout": cfg.timeout,
+                "max_line_bytes": cfg.max_line_bytes}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0 (got {value})")
+    for key in ("limit", "image_max_side", "rpm", "tpm"):
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.max_retries < 0:
+        raise ConfigError(f"max_retries must be >= 0 (got {cfg.max_retries})")
+    return cfg
+
+
+def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
+                 yaml_values: Mapping[str, Any] | None = None,
+                 config_py: Path | None = None) -> RunConfig:
+    """Merge every source by precedence into one validated RunConfig."""
+    merged: dict[str, Any] = {}
+    if config_py is not None and config_py.is_file():
+        merged.update(load_config_py(config_py))
+    merged.update(check_values(yaml_values or {}, "YAML config"))
+    merged.update(env_values(os.environ if env is None else env))
+    merged.update({k: v for k, v in (cli or {}).items() if v is not None})
+    unknown = set(merged) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return validate(RunConfig(**merged))

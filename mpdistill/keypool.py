@@ -1,0 +1,411 @@
+"""Choose the endpoint/key for every request: token buckets, cooldowns and adaptive (AIMD) rate limits.
+
+Pure scheduling state owned by the manager process (single-threaded); time comes from an injected `clock`.
+Every `acquire` that returns a name is ended by exactly one of `release`, `rate_limited` or `failed`;
+`disable` only changes state (for a 401/403 the caller ends the call with `failed` and then disables).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from mpdistill.endpoint import Endpoint, mask_key
+from mpdistill.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# A bucket holds BURST_S seconds of its rate. One second is the smallest burst that lets a manager loop
+# waking every few tens of milliseconds spend the whole rate (tokens do not overflow between wake-ups),
+# and it adds at most 1/60 of a minute's budget, so a full bucket does not trip a per-minute server limit.
+# A 429 empties the request bucket, so a cooldown never ends in a burst.
+BURST_S = 1.0
+MIN_RPM = 1.0            # AIMD floor
+DECREASE = 0.7           # multiplicative decrease on a 429
+# Growth is stated per second of busy traffic and paid per success (a busy endpoint has rpm/60 successes a
+# second): fast (+25 %/s) while below 95 % of the last rate that drew a 429, then slow probing (+0.25 % of
+# that rate per second), so the rate sits just under the server's limit and 429s stay well under 1 %.
+FAST_GROWTH = 0.25
+SLOW_GROWTH = 0.0025
+NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
+DECREASE_GAP_S = 1.0     # 429s of one burst (requests already in flight) cut the rate once
+TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
+BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
+HINT_MAX_S = 3600.0      # server hints (Retry-After, reset headers) are honoured up to an hour
+_EPS = 1e-9
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class _Bucket:
+    """Continuous token bucket. It may go into debt, so a request larger than the bucket fits when it is full."""
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * BURST_S)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def set_rate(self, per_minute: float, now: float) -> None:
+        self.refill(now)
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * BURST_S)
+        self.tokens = min(self.tokens, self.capacity)
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until `amount` may be taken; 0.0 when it may be taken now."""
+        self.refill(now)
+        short = min(amount, self.capacity) - self.tokens
+        return 0.0 if short <= _EPS else max(0.0, self.stamp - now) + short / self.rate
+
+    def give(self, amount: float) -> None:
+        """Add (or, when negative, take) tokens."""
+        self.tokens = min(self.capacity, self.tokens + amount)
+
+    def fraction(self) -> float:
+        return max(0.0, self.tokens / self.capacity)
+
+    def hold(self, until: float) -> None:
+        """Empty the bucket and refill only from `until` on, so a cooldown does not end in a burst."""
+        self.tokens = min(self.tokens, 0.0)
+        self.stamp = max(self.stamp, until)
+
+
+class _Meter:
+    """Events of the last minute in one-second bins: an observed rate without a timestamp per event."""
+
+    def __init__(self) -> None:
+        self._bins: deque[list] = deque()
+        self._start: float | None = None
+
+    def add(self, now: float) -> None:
+        second = math.floor(now)
+        if self._start is None:
+            self._start = now
+        if self._bins and self._bins[-1][0] == second:
+            self._bins[-1][1] += 1
+        else:
+            self._bins.append([second, 1])
+
+    def rpm(self, now: float) -> float:
+        while self._bins and self._bins[0][0] <= now - 61:
+            self._bins.popleft()
+        if self._start is None:
+            return 0.0
+        span = min(60.0, max(1.0, now - self._start))
+        return sum(count for _, count in self._bins) * 60.0 / span
+
+
+@dataclass(eq=False)
+class _State:
+    """Mutable scheduling state of one endpoint (manager-private)."""
+
+    endpoint: Endpoint
+    index: int
+    requests: _Bucket | None          # None: unlimited requests (until a 429 teaches a limit)
+    tokens: _Bucket | None            # None: unlimited tokens
+    current_rpm: float | None
+    sent: _Meter = field(default_factory=_Meter)
+    oks: _Meter = field(default_factory=_Meter)
+    in_flight: int = 0
+    n_requests: int = 0
+    n_ok: int = 0
+    n_429: int = 0
+    n_errors: int = 0
+    rate_until: float = -math.inf     # held after a 429 or an exhausted x-ratelimit budget
+    outage_until: float = -math.inf   # held after repeated transient failures
+    rate_level: int = 0               # exponent of the 429 cooldown when there is no Retry-After
+    outage_level: int = 0
+    streak: int = 0                   # consecutive transient failures
+    w_max: float | None = None        # the rpm that last drew a 429
+    no_decrease_until: float = -math.inf
+    pass_: float = 0.0                # weighted round-robin position
+    disabled_reason: str | None = None
+
+
+class KeyPool:
+    """The manager's endpoint chooser: limits, cooldowns, adaptive rpm and counters per endpoint."""
+
+    def __init__(self, endpoints: list[Endpoint], *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None, cooldown_base: float = 1.0,
+                 cooldown_max: float = 60.0) -> None:
+        if not endpoints:
+            raise ConfigError("the endpoint pool is empty")
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate endpoint names in the pool: {', '.join(names)}")
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._base, self._max = cooldown_base, cooldown_max
+        self._vtime = 0.0
+        now = clock()
+        self._states = {e.name: _new_state(e, i, now) for i, e in enumerate(endpoints)}
+
+    # -- choosing -------------------------------------------------------------------------------
+
+    def acquire(self, model: str, est_tokens: int) -> str | None:
+        """Reserve a slot, a request and `est_tokens` on the best ready endpoint; None if none is ready."""
+        now, est = self._clock(), max(0, int(est_tokens))
+        ready = [st for st in self._usable(model) if self._wait(st, est, now) == 0.0]
+        if not ready:
+            return None
+        st = min(ready, key=self._rank)
+        self._reserve(st, est, now)
+        return st.endpoint.name
+
+    def wait_time(self, model: str, est_tokens: int) -> float | None:
+        """Seconds until `acquire` could succeed (0.0: now); None if no enabled endpoint serves `model`."""
+        now, est = self._clock(), max(0, int(est_tokens))
+        usable = self._usable(model)
+        return min((self._wait(st, est, now) for st in usable), default=None)
+
+    def _usable(self, model: str) -> list[_State]:
+        return [st for st in self._states.values()
+                if st.disabled_reason is None and st.endpoint.serves(model)]
+
+    def _wait(self, st: _State, est: int, now: float) -> float:
+        """Seconds until `st` could take this request: cooldowns, buckets, concurrency cap."""
+        waits = [st.rate_until - now, st.outage_until - now]
+        if st.requests is not None:
+            waits.append(st.requests.wait(1, now))
+        if st.tokens is not None:
+            waits.append(st.tokens.wait(est, now))
+        cap = st.endpoint.max_concurrency
+        if cap is not None and st.in_flight >= cap:
+            waits.append(BUSY_POLL_S)
+        return max(0.0, *waits)
+
+    def _rank(self, st: _State) -> tuple:
+        """Least in flight per weight, then the fullest buckets, then weighted round robin, then file order."""
+        return (st.in_flight / st.endpoint.weight, -self._headroom(st),
+                max(st.pass_, self._vtime), st.index)
+
+    def _headroom(self, st: _State) -> float:
+        """Free share (0..1) of the tightest limit; 1.0 when nothing limits the endpoint."""
+        shares = [1.0]
+        for bucket in (st.requests, st.tokens):
+            if bucket is not None:
+                shares.append(bucket.fraction())
+        cap = st.endpoint.max_concurrency
+        if cap is not None:
+            shares.append((cap - st.in_flight) / cap)
+        return min(shares)
+
+    def _reserve(self, st: _State, est: int, now: float) -> None:
+        st.in_flight += 1
+        st.n_requests += 1
+        st.sent.add(now)
+        if st.requests is not None:
+            st.requests.give(-1)
+        if st.tokens is not None:
+            st.tokens.give(-est)
+        # Stride scheduling: an endpoint that was unavailable for a while does not catch up in a burst.
+        start = max(st.pass_, self._vtime)
+        self._vtime = start
+        st.pass_ = start + 1.0 / st.endpoint.weight
+
+    # -- ending a call --------------------------------------------------------------------------
+
+    def release(self, name: str, *, ok: bool, reserved_tokens: int, used_tokens: int | None = None,
+                headers: Mapping | None = None) -> None:
+        """The call ended without a 429 or a transport failure: correct tokens, read headers, adapt."""
+        st, now = self._end_call(name), self._clock()
+        if st.tokens is not None and used_tokens is not None:
+            st.tokens.refill(now)
+            st.tokens.give(reserved_tokens - used_tokens)
+        if headers:
+            self._read_headers(st, headers, now)
+        if not ok:
+            st.n_errors += 1
+            return
+        st.n_ok += 1
+        st.streak = st.rate_level = st.outage_level = 0
+        st.outage_until = -math.inf  # it answered: the outage is over
+        st.oks.add(now)
+        self._increase(st, now)
+
+    def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
+        """A 429: refund tokens, cool down (Retry-After or growing backoff), cut the rate."""
+        st, now = self._end_call(name), self._clock()
+        st.n_429 += 1
+        self._refund(st, reserved_tokens, now)
+        if retry_after is not None:
+            cool = min(max(0.0, float(retry_after)), HINT_MAX_S)
+        else:
+            if now >= st.rate_until:  # a new 429 after the last cooldown, not one more of the same burst
+                st.rate_level += 1
+            cool = self._backoff(max(1, st.rate_level))
+        st.rate_until = max(st.rate_until, now + cool)
+        self._decrease(st, now)
+        st.requests.hold(st.rate_until)
+
+    def failed(self, name: str, reserved_tokens: int, *, transient: bool) -> None:
+        """Timeout, connection error, 5xx (transient) or any other failure: refund, count, maybe cool down."""
+        st, now = self._end_call(name), self._clock()
+        st.n_errors += 1
+        self._refund(st, reserved_tokens, now)
+        if not transient:
+            return
+        st.streak += 1
+        if st.streak >= TRANSIENT_STREAK and now >= st.outage_until:
+            st.outage_level += 1
+            st.outage_until = now + self._backoff(st.outage_level)
+            logger.warning("endpoint %s: %d transient failures in a row, cooling down %.1f s",
+                           name, st.streak, st.outage_until - now)
+
+    def _end_call(self, name: str) -> _State:
+        st = self._state(name)
+        if st.in_flight <= 0:
+            raise ValueError(f"endpoint {name!r} has no call in flight")
+        st.in_flight -= 1
+        return st
+
+    def _refund(self, st: _State, reserved_tokens: int, now: float) -> None:
+        if st.tokens is not None:
+            st.tokens.refill(now)
+            st.tokens.give(max(0, reserved_tokens))
+
+    def _backoff(self, level: int) -> float:
+        """Exponential cooldown, capped, with jitter so several runs sharing a key do not retry in step."""
+        raw = min(self._max, self._base * 2.0 ** min(level - 1, 30))
+        return raw * (0.75 + 0.25 * self._rng.random())
+
+    # -- adaptive rate (AIMD) -------------------------------------------------------------------
+
+    def _decrease(self, st: _State, now: float) -> None:
+        """Multiplicative decrease, once per burst; an unconfigured endpoint starts from its observed rate."""
+        if now < st.no_decrease_until:
+            return
+        before = st.current_rpm if st.current_rpm is not None else max(MIN_RPM, st.sent.rpm(now))
+        st.w_max = before
+        self._set_rpm(st, max(MIN_RPM, before * DECREASE), now)
+        st.no_decrease_until = max(now + DECREASE_GAP_S, st.rate_until)
+        logger.info("endpoint %s: 429, rate %.1f -> %.1f rpm", st.endpoint.name, before, st.current_rpm)
+
+    def _increase(self, st: _State, now: float) -> None:
+        """Additive increase per success, never above the configured rpm (or 2× the observed ok rate)."""
+        current = st.current_rpm
+        if current is None:
+            return
+        cap = st.endpoint.rpm if st.endpoint.rpm is not None else max(MIN_RPM, 2 * st.oks.rpm(now))
+        if current >= cap:
+            return
+        if st.w_max is not None and current > NEAR_HIGH * st.w_max:
+            st.w_max = None
+        if st.w_max is None:
+            target = current + FAST_GROWTH * 60.0
+        elif current < NEAR_LOW * st.w_max:  # fast, but not past the band where probing is slow
+            target = min(current + FAST_GROWTH * 60.0, NEAR_LOW * st.w_max)
+        else:
+            target = current + SLOW_GROWTH * 60.0 * st.w_max / current
+        self._set_rpm(st, min(cap, target), now)
+
+    def _set_rpm(self, st: _State, rpm: float, now: float) -> None:
+        st.current_rpm = rpm
+        if st.requests is None:
+            st.requests = _Bucket(rpm, now)
+        else:
+            st.requests.set_rate(rpm, now)
+
+    def _read_headers(self, st: _State, headers: Mapping, now: float) -> None:
+        """x-ratelimit-remaining-* of 0 holds the endpoint until x-ratelimit-reset-* (OpenAI style)."""
+        lower = {str(k).lower(): v for k, v in headers.items()}
+        for kind in ("requests", "tokens"):
+            remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is None or remaining > 0:
+                continue
+            reset = _duration(lower.get(f"x-ratelimit-reset-{kind}"))
+            hold = min(reset, HINT_MAX_S) if reset is not None else self._base
+            st.rate_until = max(st.rate_until, now + hold)
+            if st.requests is not None:
+                st.requests.hold(st.rate_until)
+
+    # -- state for the runner and the status file -----------------------------------------------
+
+    def disable(self, name: str, reason: str) -> bool:
+        """Take the endpoint out for good (401/403); True only the first time."""
+        st = self._state(name)
+        if st.disabled_reason is not None:
+            return False
+        key = st.endpoint.api_key
+        reason = str(reason or "disabled")
+        st.disabled_reason = reason.replace(key, mask_key(key)) if key else reason
+        return True
+
+    def all_disabled(self, model: str | None = None) -> bool:
+        """True when no enabled endpoint is left (for `model`, when given)."""
+        states = [st for st in self._states.values() if model is None or st.endpoint.serves(model)]
+        return all(st.disabled_reason is not None for st in states)
+
+    def all_unavailable(self) -> bool:
+        """True when every enabled endpoint cools down after transient failures: an outage."""
+        now = self._clock()
+        enabled = [st for st in self._states.values() if st.disabled_reason is None]
+        return bool(enabled) and all(st.outage_until > now for st in enabled)
+
+    def in_flight(self, name: str) -> int:
+        return self._state(name).in_flight
+
+    def snapshot(self) -> list[dict]:
+        """Plain per-endpoint data for status and summary files; keys masked."""
+        now = self._clock()
+        return [_describe(st, now) for st in self._states.values()]
+
+    def _state(self, name: str) -> _State:
+        try:
+            return self._states[name]
+        except KeyError as err:
+            raise KeyError(f"unknown endpoint {name!r}") from err
+
+
+def _new_state(endpoint: Endpoint, index: int, now: float) -> _State:
+    rpm, tpm = endpoint.rpm, endpoint.tpm
+    return _State(endpoint=endpoint, index=index, current_rpm=rpm,
+                  requests=_Bucket(rpm, now) if rpm is not None else None,
+                  tokens=_Bucket(tpm, now) if tpm is not None else None)
+
+
+def _describe(st: _State, now: float) -> dict:
+    until = max(st.rate_until, st.outage_until)
+    e = st.endpoint
+    return {
+        "name": e.name, "base_url": e.base_url, "key": mask_key(e.api_key),
+        "requests": st.n_requests, "ok": st.n_ok, "rate_limited": st.n_429, "errors": st.n_errors,
+        "in_flight": st.in_flight,
+        "current_rpm": round(st.current_rpm, 1) if st.current_rpm is not None else None,
+        "rpm": e.rpm, "tpm": e.tpm, "max_concurrency": e.max_concurrency, "weight": e.weight,
+        "cooldown_until": round(until - now, 3) if until > now else None,
+        "disabled": st.disabled_reason is not None, "disabled_reason": st.disabled_reason,
+    }
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _duration(value: object) -> float | None:
+    """Seconds from a reset header: `12`, `1.5`, `20ms`, `6m0s`, `1h2m3s`; None when unreadable."""
+    if value is None:
+        return None
+    plain = _number(value)
+    if plain is not None:
+        return plain if plain >= 0 else None
+    text = str(value).strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)

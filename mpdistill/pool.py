@@ -1,0 +1,158 @@
+"""The process pool: start workers, hand each a task, collect outcomes, notice deaths.
+
+Each worker has its own duplex pipe, multiplexed by `connection.wait`; that pipe set is the
+result queue. Knowing which worker holds which task is what lets a killed worker's rows be
+re-queued at once instead of being lost or waiting for a timeout.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+
+import multiprocess as mp
+from multiprocess import connection
+
+from .worker import Outcome, Task, WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+
+class _Worker:
+    def __init__(self, ctx, slot: int, spec: WorkerSpec) -> None:
+        self.slot = slot
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=worker_main, args=(child, spec), daemon=True,
+                                   name=f"mpdistill-worker-{slot}")
+        self.process.start()
+        child.close()
+        self.tids: set[int] = set()
+        self.busy_since: float | None = None
+
+
+class WorkerPool:
+    """P worker processes with K requests in flight each."""
+
+    def __init__(self, spec: WorkerSpec, processes: int) -> None:
+        self.spec = spec
+        self.processes = processes
+        self._ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        self._workers: list[_Worker] = []
+        self._owner: dict[int, _Worker] = {}
+        self._next = 0
+
+    def start(self) -> None:
+        self._workers = [_Worker(self._ctx, i, self.spec) for i in range(self.processes)]
+
+    @property
+    def capacity(self) -> int:
+        return self.processes * self.spec.concurrency
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._owner)
+
+    def free_slots(self) -> int:
+        return self.capacity - len(self._owner)
+
+    def submit(self, task: Task) -> int:
+        """Send `task` to the least busy worker (starting the pool on first use); returns its slot."""
+        if not self._workers:
+            self.start()
+        worker = self._pick()
+        worker.tids.add(task.tid)
+        if worker.busy_since is None:
+            worker.busy_since = time.time()
+        self._owner[task.tid] = worker
+        worker.conn.send_bytes(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+        return worker.slot
+
+    def _pick(self) -> _Worker:
+        n = len(self._workers)
+        best = None
+        for i in range(n):  # round robin start, so equal loads spread evenly
+            worker = self._workers[(self._next + i) % n]
+            if not worker.tids:
+                best = worker
+                break
+            if len(worker.tids) < self.spec.concurrency and (best is None or len(worker.tids) < len(best.tids)):
+                best = worker
+        if best is None:
+            raise RuntimeError("submit() called with no free slot")
+        self._next = (best.slot + 1) % n
+        return best
+
+    def wait(self, timeout: float) -> tuple[list[Outcome], list[int]]:
+        """Outcomes that arrived within `timeout`, and the task ids lost with dead workers."""
+        by_handle = {}
+        for worker in self._workers:
+            by_handle[worker.conn] = worker
+            by_handle[worker.process.sentinel] = worker
+        ready = connection.wait(list(by_handle), timeout=max(0.0, timeout))
+        outcomes: list[Outcome] = []
+        lost: list[int] = []
+        for handle in ready:
+            worker = by_handle[handle]
+            if handle is worker.conn:
+                outcomes.extend(self._drain(worker))
+        for handle in ready:
+            worker = by_handle[handle]
+            if handle is not worker.conn and not worker.process.is_alive():
+                outcomes.extend(self._drain(worker))
+                lost.extend(self._replace(worker))
+        return outcomes, lost
+
+    def _drain(self, worker: _Worker) -> list[Outcome]:
+        out = []
+        try:
+            while worker.conn.poll():
+                outcome = pickle.loads(worker.conn.recv_bytes())
+                self._finish(worker, outcome.tid)
+                out.append(outcome)
+        except (EOFError, OSError):
+            pass  # the worker died mid-send; its tasks are handled as lost
+        return out
+
+    def _finish(self, worker: _Worker, tid: int) -> None:
+        worker.tids.discard(tid)
+        self._owner.pop(tid, None)
+        if not worker.tids:
+            worker.busy_since = None
+
+    def _replace(self, worker: _Worker) -> list[int]:
+        lost = sorted(worker.tids)
+        log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
+                    worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        for tid in lost:
+            self._owner.pop(tid, None)
+        worker.conn.close()
+        self._workers[worker.slot] = _Worker(self._ctx, worker.slot, self.spec)
+        return lost
+
+    def worker_states(self) -> list[dict]:
+        """Per-worker state for the status file."""
+        return [{"slot": w.slot, "pid": w.process.pid, "busy": len(w.tids),
+                 "tids": sorted(w.tids), "since": w.busy_since} for w in self._workers]
+
+    def close(self, grace: float = 0.0) -> None:
+        """Ask workers to stop after their current calls; kill those still alive after `grace` s."""
+        for worker in self._workers:
+            try:
+                worker.conn.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill every worker now (SIGKILL: they ignore SIGTERM so that Ctrl-C reaches only the manager)."""
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+        for worker in self._workers:
+            worker.process.join(5)
+            worker.conn.close()
+        self._workers = []
+        self._owner.clear()

@@ -1,0 +1,79 @@
+"""Read back what a run has made durable: the keys in an output or errors file after an offset.
+
+On resume the output is the truth; this scan is what lets it win over the checkpoint. Lines are
+written with `"line"` first, so keys are read without parsing whole JSON lines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+log = logging.getLogger(__name__)
+
+_KEY = re.compile(rb'\{"line": (\d+)[,}]')
+_CHUNK = 1 << 22
+
+
+@dataclass
+class Scan:
+    """What a scan found: the keys, the offset it reached, and lines it could not read."""
+
+    keys: list[int] = field(default_factory=list)
+    end_offset: int = 0
+    bad_lines: int = 0
+    torn_backup: Path | None = None
+
+
+def line_key(line: bytes) -> int | None:
+    """The row key of one output/errors line, or None if the line is not ours."""
+    m = _KEY.match(line)
+    if m:
+        return int(m.group(1))
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    key = obj.get("line") if isinstance(obj, dict) else None
+    return key if isinstance(key, int) and not isinstance(key, bool) else None
+
+
+def scan_file(path: Path, offset: int = 0) -> Scan:
+    """Keys of the complete lines of `path` from `offset`; a torn last line is backed up and cut."""
+    scan = Scan(end_offset=offset)
+    if not path.exists():
+        return scan
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = b""
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                scan.end_offset += len(line) + 1
+                key = line_key(line) if line.strip() else None
+                if key is None and line.strip():
+                    scan.bad_lines += 1
+                elif key is not None:
+                    scan.keys.append(key)
+    if tail:
+        scan.torn_backup = cut_torn_tail(path, scan.end_offset)
+    return scan
+
+
+def cut_torn_tail(path: Path, good_size: int) -> Path:
+    """Save the torn bytes beside the file, then truncate it to its last complete line."""
+    backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+    with open(path, "r+b") as f:
+        f.seek(good_size)
+        backup.write_bytes(f.read())
+        f.truncate(good_size)
+        os.fsync(f.fileno())
+    log.warning("%s ended in a torn line (a crash mid-write): cut it off, the torn bytes are in %s",
+                path, backup)
+    return backup

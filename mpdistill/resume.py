@@ -1,0 +1,122 @@
+"""Reconcile a run's checkpoint with its output before it starts: the output is the truth.
+
+Loads the checkpoint, checks the input did not change, reads the output and errors files only
+beyond the offsets the checkpoint covers, cuts a torn last line, and rebuilds from the files
+when the checkpoint is unreadable or claims more than they hold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import (CheckpointManager, backup_file, fingerprint_input, input_unchanged)
+from .errors import CheckpointError, ConfigError
+from .recovery import scan_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """What was found on disk before the run started."""
+
+    from_checkpoint: bool
+    saved_at: float | None
+    done: int
+    recovered: int      # rows found in the files beyond what the checkpoint covered
+
+
+def config_fingerprint(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def start_over(output: Path, errors: Path, ckpt: CheckpointManager) -> None:
+    """--restart: keep the old files as backups, forget the checkpoint."""
+    for path in (output, errors):
+        if path.exists() and path.stat().st_size:
+            log.warning("--restart: old %s kept as %s", path, backup_file(path))
+    ckpt.clear()
+    ckpt.reset()
+
+
+def load_or_rebuild(ckpt: CheckpointManager) -> bool:
+    """Load the checkpoint; an unreadable one is backed up and rebuilt from the output."""
+    try:
+        return ckpt.load()
+    except CheckpointError as err:
+        backup = backup_file(ckpt.path) if ckpt.path.exists() else None
+        log.warning("checkpoint unusable (%s); kept as %s, rebuilding from the output", err, backup)
+        ckpt.reset()
+        return False
+
+
+def check_input(ckpt: CheckpointManager, input_path: Path | None, restart_hint: str) -> None:
+    """Refuse to resume over an input that changed since the checkpoint."""
+    fp = ckpt.meta.get("input_fingerprint")
+    if fp and input_path is not None and not input_unchanged(fp, input_path):
+        raise ConfigError(f"the input {input_path} changed since checkpoint {ckpt.path} was saved; "
+                          f"{restart_hint}")
+
+
+def reconcile(ckpt: CheckpointManager, output: Path, errors: Path, *, loaded: bool,
+              retry_failed: bool = False) -> int:
+    """Mark every row the files hold beyond the checkpoint; returns how many were found."""
+    if loaded and (_size(output) < ckpt.output_offset or _size(errors) < ckpt.errors_offset):
+        log.warning("checkpoint %s claims more than %s holds; the output wins: rebuilding from it",
+                    ckpt.path, output)
+        backup_file(ckpt.path)
+        ckpt.reset()
+    found = 0
+    out = scan_file(output, ckpt.output_offset)
+    for key in out.keys:
+        if not ckpt.is_done(key):
+            ckpt.mark_done(key)
+            ckpt.ok += 1
+            found += 1
+    err = scan_file(errors, ckpt.errors_offset)
+    if not retry_failed:
+        for key in err.keys:
+            if not ckpt.is_done(key):
+                ckpt.mark_done(key)
+                ckpt.failed += 1
+                found += 1
+    for scan, path in ((out, output), (err, errors)):
+        if scan.bad_lines:
+            log.warning("%s has %d unreadable line(s); run --validate to repair it", path, scan.bad_lines)
+    ckpt.output_offset, ckpt.errors_offset = out.end_offset, err.end_offset
+    return found
+
+
+def prepare(ckpt: CheckpointManager, output: Path, errors: Path, *, input_path: Path | None,
+            fingerprint: str, restart: bool, retry_failed: bool) -> ResumeInfo:
+    """Everything a job needs before its first request: the checkpoint, in line with the files."""
+    if restart:
+        start_over(output, errors, ckpt)
+    loaded = load_or_rebuild(ckpt)
+    if loaded:
+        check_input(ckpt, input_path, "rerun with --restart to start over (the old output is kept as a backup)")
+        if ckpt.meta.get("config_fingerprint") not in (None, fingerprint):
+            log.warning("generation settings changed since checkpoint %s; resuming anyway", ckpt.path)
+    if retry_failed:
+        _retry_failed(ckpt, errors)
+        loaded = False
+    saved_at = ckpt.saved_at if loaded else None
+    recovered = reconcile(ckpt, output, errors, loaded=loaded, retry_failed=retry_failed)
+    if input_path is not None and input_path.is_file():
+        ckpt.meta["input_fingerprint"] = fingerprint_input(input_path)
+    ckpt.meta["config_fingerprint"] = fingerprint
+    return ResumeInfo(loaded, saved_at, ckpt.processed_count, recovered)
+
+
+def _retry_failed(ckpt: CheckpointManager, errors: Path) -> None:
+    """--retry-failed: the failed rows become undone; the old errors file is kept as a backup."""
+    if errors.exists() and errors.stat().st_size:
+        log.warning("--retry-failed: old errors file kept as %s", backup_file(errors))
+    ckpt.reset()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0

@@ -1,0 +1,250 @@
+"""Stream input rows from a JSONL file (plain rows, `messages` rows, OpenAI Batch API lines).
+
+Nothing is loaded whole: rows are read one line at a time from a byte offset, and rows that are
+already done are skipped before they are parsed, so a resume costs little per skipped row.
+"""
+from __future__ import annotations
+
+import json
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import InputFileError, RowFormatError
+
+ROW_FIELDS = ("id", "prompt", "images", "system", "messages", "custom_id", "method", "url", "body")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One usable input row. `key` is its line number; `request` has messages and row params."""
+
+    key: int
+    id: str
+    request: dict
+    prompt: str | None
+    images: tuple[str, ...]
+    extra: dict = field(default_factory=dict)
+    end_offset: int | None = None
+    batch: dict | None = None   # custom_id/method/url of an OpenAI Batch API line
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that cannot be used: it goes to the errors file with this reason."""
+
+    key: int
+    id: str | None
+    reason: str
+    end_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class Blank:
+    """A blank line: nothing to do, but its key is done so the checkpoint watermark moves on."""
+
+    key: int
+    end_offset: int | None = None
+
+
+class IdSet:
+    """A compact set of 64-bit id hashes (open addressing in one array) to catch duplicate ids.
+
+    A Python set of millions of strings would make manager memory grow with the dataset.
+    """
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._table = array("q", bytes(8 * capacity))
+        self._mask = capacity - 1
+        self._size = 0
+
+    def add(self, value: str) -> bool:
+        """Add `value`; False if it was already there."""
+        if (self._size + 1) * 2 > len(self._table):
+            self._grow()
+        h = hash(value) or 1
+        return self._insert(h)
+
+    def _insert(self, h: int) -> bool:
+        table, mask = self._table, self._mask
+        i = h & mask
+        while table[i]:
+            if table[i] == h:
+                return False
+            i = (i + 1) & mask
+        table[i] = h
+        self._size += 1
+        return True
+
+    def _grow(self) -> None:
+        old = self._table
+        self._table = array("q", bytes(8 * len(old) * 2))
+        self._mask = len(self._table) - 1
+        self._size = 0
+        for h in old:
+            if h:
+                self._insert(h)
+
+
+def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
+              end_offset: int | None = None) -> Row | BadRow | Blank:
+    """Turn one input line into a Row, a BadRow with the reason, or a Blank."""
+    if not raw.strip():
+        return Blank(key, end_offset)
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return BadRow(key, None, f"line {key} is not valid UTF-8 ({err.reason} at byte {err.start})", end_offset)
+    except json.JSONDecodeError as err:
+        return BadRow(key, None, f"line {key} is not valid JSON: {err.msg} (column {err.colno})", end_offset)
+    try:
+        row = row_from_object(key, obj, system, end_offset)
+    except RowFormatError as err:
+        rid = _row_id(obj, key) if isinstance(obj, dict) else None
+        return BadRow(key, rid, str(err), end_offset)
+    if ids is not None and not ids.add(row.id):
+        return BadRow(key, row.id, f"line {key}: duplicate id {row.id!r}", end_offset)
+    return row
+
+
+def _row_id(obj: dict, key: int) -> str:
+    rid = obj.get("id", obj.get("custom_id"))
+    return str(key) if rid is None or rid == "" else str(rid)
+
+
+def row_from_object(key: int, obj, system: str | None, end_offset: int | None = None) -> Row:
+    """Build a Row from a decoded JSON object of any accepted shape."""
+    if not isinstance(obj, dict):
+        raise RowFormatError(f"line {key}: a row must be a JSON object, not {type(obj).__name__}")
+    rid = _row_id(obj, key)
+    extra = {k: v for k, v in obj.items() if k not in ROW_FIELDS}
+    if "body" in obj and "custom_id" in obj:
+        return _batch_row(key, rid, obj, system, extra, end_offset)
+    images = obj.get("images") or []
+    if isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        raise RowFormatError(f"line {key}: images must be a list of paths or URLs")
+    row_system = obj.get("system", system)
+    if "messages" in obj:
+        messages = _check_messages(key, obj["messages"])
+        messages = _with_system(messages, row_system)
+        if images:
+            messages = _attach_images(messages, images)
+        return Row(key, rid, {"messages": messages}, _last_user_text(messages), tuple(images), extra, end_offset)
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RowFormatError(f"line {key}: no prompt or messages")
+    content = prompt if not images else [{"type": "text", "text": prompt}] + _image_parts(images)
+    messages = _with_system([{"role": "user", "content": content}], row_system)
+    return Row(key, rid, {"messages": messages}, prompt, tuple(images), extra, end_offset)
+
+
+def _batch_row(key, rid, obj, system, extra, end_offset) -> Row:
+    body = obj["body"]
+    if not isinstance(body, dict):
+        raise RowFormatError(f"line {key}: batch line body must be an object")
+    messages = _with_system(_check_messages(key, body.get("messages")), system)
+    params = {k: v for k, v in body.items() if k not in ("messages", "model")}
+    batch = {"custom_id": obj["custom_id"], "method": obj.get("method", "POST"),
+             "url": obj.get("url", "/v1/chat/completions")}
+    return Row(key, rid, {"messages": messages, **params}, _last_user_text(messages), (),
+               extra, end_offset, batch)
+
+
+def _check_messages(key: int, messages) -> list:
+    if not isinstance(messages, list) or not messages:
+        raise RowFormatError(f"line {key}: messages must be a non-empty list")
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise RowFormatError(f"line {key}: every message needs a role and content")
+    return messages
+
+
+def _with_system(messages: list, system: str | None) -> list:
+    if system and not any(m.get("role") == "system" for m in messages):
+        return [{"role": "system", "content": system}] + messages
+    return messages
+
+
+def _image_parts(images) -> list:
+    return [{"type": "image_url", "image_url": {"url": ref}} for ref in images]
+
+
+def _attach_images(messages: list, images) -> list:
+    """Add a row's `images` to its last user message."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].get("role") == "user":
+            content = out[i]["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+            out[i] = {**out[i], "content": parts + _image_parts(images)}
+            break
+    return out
+
+
+def _last_user_text(messages: list) -> str | None:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return None
+
+
+class JsonlSource:
+    """Rows of a JSONL file, read from a byte offset, one line at a time."""
+
+    def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20) -> None:
+        self.path = Path(path)
+        self.system = system
+        self.max_line_bytes = max_line_bytes
+        self.base_dir = str(self.path.resolve().parent)
+        if not self.path.is_file():
+            raise InputFileError(f"input file not found: {self.path}")
+
+    def count(self) -> int:
+        """Number of lines (for the progress total): one fast pass over the bytes."""
+        n, last = 0, b"\n"
+        with open(self.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+        return n + (last != b"\n")
+
+    def rows(self, start: tuple[int, int] | None = None,
+             is_done: Callable[[int], bool] = lambda key: False) -> Iterator[Row | BadRow | Blank]:
+        """Yield rows from `start` = (key, byte offset), skipping done keys without parsing them."""
+        key, offset = start or (1, 0)
+        ids = IdSet()
+        try:
+            f = open(self.path, "rb")
+        except OSError as err:
+            raise InputFileError(f"cannot open input {self.path}: {err.strerror}") from err
+        with f:
+            f.seek(offset)
+            while True:
+                raw, size, too_long = self._read_line(f)
+                if not size:
+                    return
+                offset += size
+                if not is_done(key):
+                    if too_long:
+                        yield BadRow(key, None, f"line {key} is longer than {self.max_line_bytes} bytes", offset)
+                    else:
+                        yield parse_row(key, raw, self.system, ids, offset)
+                key += 1
+
+    def _read_line(self, f) -> tuple[bytes, int, bool]:
+        """One line; an over-long line is consumed in pieces and reported, never held whole."""
+        raw = f.readline(self.max_line_bytes + 1)
+        if len(raw) <= self.max_line_bytes or raw.endswith(b"\n"):
+            return raw, len(raw), False
+        size = len(raw)
+        while raw and not raw.endswith(b"\n"):
+            raw = f.readline(1 << 20)
+            size += len(raw)
+        return b"", size, True

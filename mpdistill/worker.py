@@ -1,0 +1,136 @@
+"""Worker processes: take `(task, endpoint)`, make one API call, send the outcome back.
+
+Workers hold no scheduling state, never write files and never sleep on a backoff: the manager
+decides everything. `execute` is the whole job of a worker and is a plain function, so the same
+code can run in another executor (Ray actors, Slurm shards) unchanged.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import client, images
+from .endpoint import Endpoint
+from .errors import MpdistillError, to_info
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker needs, fixed for the whole run (keys included, so never logged)."""
+
+    endpoints: tuple[Endpoint, ...]
+    timeout: float
+    concurrency: int = 1
+    image_max_side: int | None = None
+    base_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One request to make: `tid` identifies this attempt in the manager's in-flight table."""
+
+    tid: int
+    endpoint: str
+    request: dict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came of a task: a completion, or an error described as plain data."""
+
+    tid: int
+    completion: client.Completion | None
+    error: dict | None
+    latency_s: float
+
+
+def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
+    """Make the call of `task` with client `api`; never raises for a call or row problem."""
+    start = time.monotonic()
+    try:
+        request = prepare(task.request, spec)
+        completion = client.complete(api, request)
+        return Outcome(task.tid, completion, None, time.monotonic() - start)
+    except MpdistillError as err:
+        return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
+
+
+def prepare(request: dict, spec: WorkerSpec) -> dict:
+    """Encode the row's local images; text-only requests pass through untouched."""
+    messages = images.build_messages(request["messages"], base_dir=spec.base_dir,
+                                     max_side=spec.image_max_side)
+    if messages is request["messages"]:
+        return request
+    return {**request, "messages": messages}
+
+
+class _Clients:
+    """One SDK client per endpoint, made on first use (connection pools are per process)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._spec = spec
+        self._by_name = {e.name: e for e in spec.endpoints}
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._clients:
+                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout)
+            return self._clients[name]
+
+
+def worker_main(conn, spec: WorkerSpec) -> None:
+    """Entry point of a worker process: serve tasks from `conn` until told to stop or orphaned."""
+    # Ctrl-C and SIGTERM go to the manager, which lets in-flight calls finish or kills us itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _watch_parent(os.getppid())
+    clients = _Clients(spec)
+    send_lock = threading.Lock()
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    threads = [threading.Thread(target=_serve, args=(tasks, conn, send_lock, clients, spec), daemon=True)
+               for _ in range(spec.concurrency)]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            task = pickle.loads(conn.recv_bytes())
+            if task is None:
+                break
+            tasks.put(task)
+    except (EOFError, OSError):
+        pass  # the manager is gone: nothing left to do
+    for _ in threads:
+        tasks.put(None)
+    for thread in threads:
+        thread.join()
+
+
+def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        outcome = execute(task, clients.get(task.endpoint), spec)
+        data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with send_lock:
+                conn.send_bytes(data)
+        except (BrokenPipeError, OSError):
+            os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the manager dies (kill -9 leaves no one to tell us)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()

@@ -1,0 +1,8 @@
+#!/usr/bin/env python3
+"""List or clear mpdistill checkpoints: `python test_checkpoint.py`, `… clear`, `… clear NAME`."""
+import sys
+
+from mpdistill.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["checkpoints", *sys.argv[1:]], prog="test_checkpoint.py"))
