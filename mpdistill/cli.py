@@ -39,6 +39,7 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     mode.add_argument("--validate", action="store_true", help="check (and repair) the output file")
     mode.add_argument("--emit-retry", metavar="FILE", help="with --validate: write the rows still to do to FILE")
     mode.add_argument("--stop", action="store_true", help="ask a running run to stop gracefully")
+    mode.add_argument("--now", action="store_true", help="with --stop: cancel in-flight calls too")
     io = p.add_argument_group("input and output")
     io.add_argument("-i", "--input", help="input JSONL (default: config.py INPUT_FILE, else the bundled sample)")
     io.add_argument("-o", "--output", help="output JSONL; {model} is replaced (default output/{model}_results.jsonl)")
@@ -63,6 +64,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
     run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
+    run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
+    run.add_argument("--retry-max-delay", dest="retry_max", type=float, help="longest backoff in seconds (default 60)")
     run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
     run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
     ck = p.add_argument_group("checkpoints and resume")
@@ -78,7 +81,7 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     return p
 
 
-_NOT_CONFIG = {"status", "watch", "validate", "emit_retry", "stop", "config", "verbose"}
+_NOT_CONFIG = {"status", "watch", "validate", "emit_retry", "stop", "now", "config", "verbose"}
 
 
 def config_from_args(args: argparse.Namespace, env=None):
@@ -155,7 +158,7 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
         return validate_command(cfg, emit_retry=args.emit_retry)
     if args.stop:
         from .control import stop_command
-        return stop_command(cfg)
+        return stop_command(cfg, now=args.now)
     return _run(cfg, args.verbose)
 
 

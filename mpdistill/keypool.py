@@ -23,16 +23,16 @@ logger = logging.getLogger(__name__)
 # A bucket holds BURST_S seconds of its rate. One second is the smallest burst that lets a manager loop
 # waking every few tens of milliseconds spend the whole rate (tokens do not overflow between wake-ups),
 # and it adds at most 1/60 of a minute's budget, so a full bucket does not trip a per-minute server limit.
-# A 429 empties the request bucket, so a cooldown never ends in a burst.
+# A 429 leaves one request token for the end of the cooldown, so a cooldown never ends in a burst.
 BURST_S = 1.0
 MIN_RPM = 1.0            # AIMD floor
 DECREASE = 0.7           # multiplicative decrease on a 429
 # Growth is stated per second of busy traffic and paid per success (a busy endpoint has rpm/60 successes a
-# second): fast (+25 %/s) while below 95 % of the last rate that drew a 429, then slow probing (+0.25 % of
+# second): fast (+25 %/s) while below 90 % of the last rate that drew a 429, then slow probing (+0.25 % of
 # that rate per second), so the rate sits just under the server's limit and 429s stay well under 1 %.
 FAST_GROWTH = 0.25
 SLOW_GROWTH = 0.0025
-NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
+NEAR_LOW, NEAR_HIGH = 0.9, 1.1    # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
 DECREASE_GAP_S = 1.0     # 429s of one burst (requests already in flight) cut the rate once
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
@@ -76,8 +76,9 @@ class _Bucket:
         return max(0.0, self.tokens / self.capacity)
 
     def hold(self, until: float) -> None:
-        """Empty the bucket and refill only from `until` on, so a cooldown does not end in a burst."""
-        self.tokens = min(self.tokens, 0.0)
+        """Keep one token for `until` and refill only from then on, so a cooldown does not end in a burst."""
+        self.refill(until)
+        self.tokens = min(self.tokens, 1.0)
         self.stamp = max(self.stamp, until)
 
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import collections
 import concurrent.futures
+import functools
 import http
 import json
 import logging
@@ -529,6 +530,7 @@ def _encode(reply: Reply, keep_alive: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
 
 
+@functools.lru_cache(maxsize=None)
 def _phrase(status: int) -> str:
     try:
         return http.HTTPStatus(status).phrase

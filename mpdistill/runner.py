@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 from . import retry
 from .checkpoint import CheckpointManager
 from .config import RunConfig
+from .control import check_stop
 from .errors import (AuthError, CheckpointError, ConnectError, OutputError, RateLimitError,
                      RunAbortedError, from_info)
 from .keypool import KeyPool
@@ -92,6 +93,7 @@ class Runner:
         self._exhausted = False
         self._stop: str | None = None
         self._stop_now = False
+        self._stop_by_request = False    # --stop (exit 0) rather than a signal (exit 130)
         self._stop_deadline: float | None = None
         self._outage_since: float | None = None
         self._abort: str | None = None
@@ -112,7 +114,9 @@ class Runner:
             self._shutdown()
         if self._abort:
             raise RunAbortedError(self._abort)
-        return "interrupted" if self._stop else "finished"
+        if self._stop:
+            return "stopped" if self._stop_by_request else "interrupted"
+        return "finished"
 
     def request_stop(self, reason: str = "stop requested", now: bool = False) -> None:
         """Stop dispatching; in-flight calls may finish within the grace period (or not, with now)."""
@@ -322,8 +326,8 @@ class Runner:
                 self.keypool.release(flight.endpoint, ok=False, reserved_tokens=flight.reserved)
             item.retries += 1
             if transient and item.retries <= self.policy.max_retries:
-                delay = retry.backoff(self.policy, item.retries, err.retry_after)
-        item.history.append({"attempt": item.attempts, "endpoint": flight.endpoint, "status": err.status,
+                delay = retry.backoff(self.policy, item.retries, getattr(err, "retry_after", None))
+        item.history.append({"attempt": item.attempts, "endpoint": flight.endpoint, "status": getattr(err, "status", None),
                              "error": type(err).__name__, "message": str(err)[:300],
                              "retry_in_s": None if delay is None else round(delay, 3)})
         if delay is None:
@@ -418,6 +422,15 @@ class Runner:
         if now - self._status_at >= STATUS_EVERY_S:
             self._status_at = now
             self._write_status("stopping" if self._stop else "running")
+            self._check_stop_file()
+
+    def _check_stop_file(self) -> None:
+        if self.status_file is None:
+            return
+        request = check_stop(self.status_file, os.getpid())
+        if request is not None:
+            self._stop_by_request = True
+            self.request_stop("stop requested (--stop)", now=bool(request.get("now")))
 
     def status(self, state: str) -> dict:
         """The live figures of the run, as plain data."""

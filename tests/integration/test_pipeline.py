@@ -1,0 +1,159 @@
+"""The real pool against the mock server: happy path, bad input, retries, failures, Ctrl-C."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from PIL import Image
+
+from tests.conftest import read_jsonl, write_jsonl
+
+
+def _image(path, size=(40, 30), fmt="PNG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, "red").save(path, fmt)
+    return path
+
+
+def test_happy_path_text_images_messages_and_batch(workdir):
+    """Every accepted row shape is answered once, images are sent encoded, extra fields carried."""
+    _image(workdir.root / "pics" / "a.png")
+    _image(workdir.root / "pics" / "b.jpg", fmt="JPEG")
+    rows = [{"id": f"t{i}", "prompt": f"question {i}", "topic": "x"} for i in range(30)]
+    rows += [{"id": "img", "prompt": "look", "images": ["pics/a.png", "pics/b.jpg"]},
+             {"id": "msg", "messages": [{"role": "user", "content": "hello there"}]},
+             {"custom_id": "b1", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "x", "messages": [{"role": "user", "content": "batch q"}], "max_tokens": 64}},
+             {"prompt": "no id here"}]
+    write_jsonl(workdir.input, rows)
+    proc = workdir.run()
+    assert proc.returncode == 0, proc.stderr
+    results = {r["id"]: r for r in workdir.results()}
+    assert len(results) == len(rows) == len(workdir.results())
+    assert results["img"]["answer"].endswith("[images: 2]")
+    assert results["img"]["images"] == ["pics/a.png", "pics/b.jpg"]
+    assert results["t3"]["topic"] == "x" and results["t3"]["answer"] == "mock answer: question 3"
+    assert results["b1"]["custom_id"] == "b1"
+    assert results["34"]["input_prompt"] == "no id here"  # no id: the line number
+    for r in results.values():
+        for field in ("id", "input_prompt", "images", "answer", "processed_at", "model", "reasoning",
+                      "finish_reason", "usage", "latency_s", "attempts", "endpoint"):
+            assert field in r
+        assert "sk-test-0001" not in json.dumps(r)
+    summary = json.loads(workdir.summary.read_text())
+    assert summary["succeeded"] == len(rows) and summary["failed"] == 0
+    assert workdir.failures() == []
+
+
+def test_bad_rows_go_to_errors_file_and_run_goes_on(workdir):
+    """Each kind of bad row becomes an error line naming its line and reason; good rows finish."""
+    _image(workdir.root / "ok.png")
+    (workdir.root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    _image(workdir.root / "pic.tiff", fmt="TIFF")
+    lines = [
+        json.dumps({"id": "good1", "prompt": "fine"}),
+        "{not json",
+        json.dumps({"id": "noprompt", "temperature": 1}),
+        json.dumps({"id": "missing", "prompt": "p", "images": ["nope.png"]}),
+        json.dumps({"id": "corrupt", "prompt": "p", "images": ["corrupt.png"]}),
+        json.dumps({"id": "tiff", "prompt": "p", "images": ["pic.tiff"]}),
+        json.dumps({"id": "long", "prompt": "x" * 5000}),
+        json.dumps({"id": "good1", "prompt": "duplicate id"}),
+        json.dumps([1, 2, 3]),
+        json.dumps({"id": "good2", "prompt": "fine too", "images": ["ok.png"]}),
+    ]
+    workdir.input.write_bytes(("\n".join(lines[:2]) + "\n").encode() + b'{"id": "bad-utf8", "prompt": "\xff\xfe"}\n'
+                              + ("\n".join(lines[2:]) + "\n").encode())
+    proc = workdir.run("--max-line-bytes", "2000")
+    assert proc.returncode == 3, proc.stderr
+    assert sorted(r["id"] for r in workdir.results()) == ["good1", "good2"]
+    failures = {f["line"]: f for f in workdir.failures()}
+    assert sorted(failures) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert "not valid JSON" in failures[2]["reason"]
+    assert "UTF-8" in failures[3]["reason"]
+    assert "no prompt" in failures[4]["reason"]
+    assert "nope.png" in failures[5]["reason"]
+    assert failures[6]["id"] == "corrupt" and failures[7]["id"] == "tiff"
+    assert "longer than" in failures[8]["reason"]
+    assert "duplicate id" in failures[9]["reason"]
+    assert "JSON object" in failures[10]["reason"]
+
+
+def test_retries_after_429_500_and_timeouts_then_success(workdir, mock_server):
+    """Transient failures are retried by the manager and the rows succeed with their attempts counted."""
+    rows = [{"id": "r429", "prompt": "[[fail:429:2:0.05]] a"},
+            {"id": "r500", "prompt": "[[fail:500:2]] b"},
+            {"id": "bad", "prompt": "[[malformed:1]] c"},
+            {"id": "plain", "prompt": "d"}]
+    write_jsonl(workdir.input, rows)
+    proc = workdir.run()
+    assert proc.returncode == 0, proc.stderr
+    results = {r["id"]: r for r in workdir.results()}
+    assert results["r429"]["attempts"] == 3
+    assert results["r500"]["attempts"] == 3
+    assert results["bad"]["attempts"] == 2
+    assert results["plain"]["attempts"] == 1
+    assert mock_server.stats()["by_status"].get(429) == 2
+
+
+def test_timeout_is_retried(workdir):
+    """A request slower than --timeout is retried, and fails for good once retries run out."""
+    write_jsonl(workdir.input, [{"id": "slow", "prompt": "[[sleep:3]] zzz"}, {"id": "fast", "prompt": "ok"}])
+    proc = workdir.run("--timeout", "0.3", "--max-retries", "1")
+    assert proc.returncode == 3, proc.stderr
+    assert [r["id"] for r in workdir.results()] == ["fast"]
+    (failure,) = workdir.failures()
+    assert failure["id"] == "slow" and failure["attempts"] == 2
+    assert [h["error"] for h in failure["history"]] == ["CallTimeoutError", "CallTimeoutError"]
+
+
+def test_row_that_fails_for_good(workdir):
+    """400 fails at once; a 500 that never ends fails after --max-retries with its history."""
+    write_jsonl(workdir.input, [{"id": "rej", "prompt": "[[fail:400:*]] x"},
+                                {"id": "srv", "prompt": "[[fail:500:*]] y"},
+                                {"id": "ok", "prompt": "z"}])
+    proc = workdir.run("--max-retries", "2")
+    assert proc.returncode == 3
+    failures = {f["id"]: f for f in workdir.failures()}
+    assert failures["rej"]["attempts"] == 1 and failures["rej"]["status"] == 400
+    assert failures["srv"]["attempts"] == 3 and len(failures["srv"]["history"]) == 3
+    assert all(h["endpoint"] == "default" for h in failures["srv"]["history"])
+    assert [r["id"] for r in workdir.results()] == ["ok"]
+    assert "sk-test-0001" not in workdir.errors.read_text()
+
+
+def test_sigint_mid_run_saves_checkpoint_and_resume_finishes(tmp_path):
+    """Ctrl-C stops dispatch, keeps every durable row, exits 130; the rerun completes exactly once."""
+    from mpdistill.mockserver import MockServer
+    from tests.conftest import Workdir
+    with MockServer(latency_ms=100) as server:
+        wd = Workdir(tmp_path, server.url)
+        write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(300)])
+        proc = wd.popen(processes=4)
+        deadline = time.time() + 30
+        while len(read_jsonl(wd.output)) < 20 and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        first = [r["id"] for r in wd.results()]
+        assert 20 <= len(first) < 300 and len(set(first)) == len(first)
+        assert list(wd.checkpoints.glob("*_checkpoint.pkl"))
+        proc = wd.run(processes=4)
+        assert proc.returncode == 0, proc.stderr
+        assert "Resuming:" in proc.stderr
+        ids = [r["id"] for r in wd.results()]
+        assert sorted(ids) == sorted(f"r{i}" for i in range(300)) and len(ids) == 300
+        assert not list(wd.checkpoints.glob("*_checkpoint.pkl"))  # cleared on completion
+
+
+def test_missing_input_and_bad_flag_exit_2(workdir):
+    """A missing input file or a bad flag is one clear line and exit code 2."""
+    proc = workdir.run()
+    assert proc.returncode == 2
+    assert "input file not found" in proc.stderr and str(workdir.input) in proc.stderr
+    proc = workdir.run("--processes", "many")
+    assert proc.returncode == 2 and "invalid int value" in proc.stderr
+    proc = workdir.run("-p", "0")
+    assert proc.returncode == 2
