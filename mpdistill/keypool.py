@@ -28,11 +28,11 @@ BURST_S = 1.0
 MIN_RPM = 1.0            # AIMD floor
 DECREASE = 0.7           # multiplicative decrease on a 429
 # Growth is stated per second of busy traffic and paid per success (a busy endpoint has rpm/60 successes a
-# second): fast (+25 %/s) while below 90 % of the last rate that drew a 429, then slow probing (+0.25 % of
+# second): fast (+25 %/s) while below 95 % of the last rate that drew a 429, then slow probing (+0.25 % of
 # that rate per second), so the rate sits just under the server's limit and 429s stay well under 1 %.
 FAST_GROWTH = 0.25
 SLOW_GROWTH = 0.0025
-NEAR_LOW, NEAR_HIGH = 0.9, 1.1    # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
+NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
 DECREASE_GAP_S = 1.0     # 429s of one burst (requests already in flight) cut the rate once
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
@@ -140,11 +140,7 @@ class KeyPool:
     def __init__(self, endpoints: list[Endpoint], *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, cooldown_base: float = 1.0,
                  cooldown_max: float = 60.0) -> None:
-        if not endpoints:
-            raise ConfigError("the endpoint pool is empty")
-        names = [e.name for e in endpoints]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"duplicate endpoint names in the pool: {', '.join(names)}")
+        _check_pool(endpoints)
         self._clock = clock
         self._rng = rng or random.Random()
         self._base, self._max = cooldown_base, cooldown_max
@@ -248,7 +244,8 @@ class KeyPool:
             cool = self._backoff(max(1, st.rate_level))
         st.rate_until = max(st.rate_until, now + cool)
         self._decrease(st, now)
-        st.requests.hold(st.rate_until)
+        if st.requests is not None:
+            st.requests.hold(st.rate_until)
 
     def failed(self, name: str, reserved_tokens: int, *, transient: bool) -> None:
         """Timeout, connection error, 5xx (transient) or any other failure: refund, count, maybe cool down."""
@@ -287,7 +284,8 @@ class KeyPool:
         """Multiplicative decrease, once per burst; an unconfigured endpoint starts from its observed rate."""
         if now < st.no_decrease_until:
             return
-        before = st.current_rpm if st.current_rpm is not None else max(MIN_RPM, st.sent.rpm(now))
+        sent = max(MIN_RPM, st.sent.rpm(now))
+        before = sent if st.current_rpm is None else min(st.current_rpm, sent)
         st.w_max = before
         self._set_rpm(st, max(MIN_RPM, before * DECREASE), now)
         st.no_decrease_until = max(now + DECREASE_GAP_S, st.rate_until)
@@ -367,6 +365,19 @@ class KeyPool:
             return self._states[name]
         except KeyError as err:
             raise KeyError(f"unknown endpoint {name!r}") from err
+
+
+def _check_pool(endpoints: list[Endpoint]) -> None:
+    """Limits must be positive and names unique: names identify endpoints in every call."""
+    if not endpoints:
+        raise ConfigError("the endpoint pool is empty")
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate endpoint names in the pool: {', '.join(names)}")
+    for e in endpoints:
+        limits = (e.rpm, e.tpm, e.max_concurrency)
+        if not e.weight > 0 or any(limit is not None and not limit > 0 for limit in limits):
+            raise ConfigError(f"endpoint {e.name!r}: weight, rpm, tpm and max_concurrency must be > 0")
 
 
 def _new_state(endpoint: Endpoint, index: int, now: float) -> _State:

@@ -91,6 +91,7 @@ class Runner:
         self._seq = itertools.count()
         self._taken = 0                  # rows taken from the source (for --limit)
         self._exhausted = False
+        self._limited = False            # stopped reading at --limit: the input is not complete
         self._stop: str | None = None
         self._stop_now = False
         self._stop_by_request = False    # --stop (exit 0) rather than a signal (exit 130)
@@ -152,7 +153,8 @@ class Runner:
             self.pool.kill()
         else:
             self.pool.close(grace=1.0)
-        complete = self._exhausted and not self._stop and not self._abort and self._idle()
+        complete = (self._exhausted and not self._limited and not self._stop and not self._abort
+                    and self._idle())
         for job in self.jobs:
             self._save_checkpoint(job, clear=complete)
         self._write_status("finished" if complete else ("stopped" if self._stop else "aborted"))
@@ -250,7 +252,7 @@ class Runner:
         """The next usable row; bad rows and blank lines are recorded on the way."""
         while True:
             if self.cfg.limit is not None and self._taken >= self.cfg.limit:
-                self._exhausted = True
+                self._exhausted = self._limited = True
                 return None
             entry = next(self.rows, None)
             if entry is None:

@@ -1,0 +1,462 @@
+"""What the mock server answers: options, scripted `[[...]]` markers, faults and completions.
+
+Pure request-to-reply logic, no sockets and no threads of its own; `mockserver` serves it over HTTP.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import json
+import math
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "mock-model"
+_ALWAYS = math.inf
+_MARKER = re.compile(
+    r"\[\[(fail|sleep|malformed|reasoning|think|badjson|echo_params)(?::([^\[\]]*))?\]\]")
+_MALFORMED_BODY = (b'{"id": "chatcmpl-mock-malformed", "object": "chat.completion", '
+                   b'"choices": [{"index": 0, "message": {"role": "assis')
+
+
+# ----------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class MockOptions:
+    """How the mock server answers: injected faults, served models, accepted keys."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rps: float | None = None
+    fixed_status: int | None = None
+    reasoning: bool = False
+    models: tuple[str, ...] = ()
+    strict_models: bool = False
+    api_keys: frozenset[str] | None = field(default=None, repr=False)
+    seed: int = 0
+    record_prompts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fixed_status is not None and not 400 <= self.fixed_status <= 599:
+            raise ValueError(f"fixed_status must be an HTTP error status, got {self.fixed_status}")
+        if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
+            raise ValueError(f"rate_limit_rps must be positive, got {self.rate_limit_rps}")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP answer: status, JSON body bytes, extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Markers:
+    """The `[[...]]` markers found in the last user message of a request."""
+
+    fail_status: int | None = None
+    fail_times: float = 0
+    fail_retry_after: float | None = None
+    sleep_s: float = 0.0
+    malformed_times: float = 0
+    badjson_times: float = 0
+    reasoning: bool = False
+    think: bool = False
+    echo_params: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Markers:
+        """Read every marker of `text`; ValueError names the first one that cannot be read."""
+        values: dict = {}
+        for match in _MARKER.finditer(text):
+            try:
+                values.update(_MARKER_PARSERS[match.group(1)](match.group(2)))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"invalid marker {match.group(0)!r}") from err
+        return cls(**values)
+
+
+def _times(arg: str | None) -> float:
+    """A marker's repeat count: a number, or `*` / nothing for always."""
+    if arg in (None, "", "*"):
+        return _ALWAYS
+    count = int(arg)
+    if count < 0:
+        raise ValueError("negative count")
+    return count
+
+
+def _parse_fail(arg: str | None) -> dict:
+    """`fail:STATUS[:N[:RETRY_AFTER]]`."""
+    parts = (arg or "").split(":")
+    if len(parts) > 3 or not 400 <= int(parts[0]) <= 599:
+        raise ValueError("expected fail:STATUS:N[:RETRY_AFTER] with an error status")
+    retry_after = float(parts[2]) if len(parts) > 2 else None
+    return {"fail_status": int(parts[0]), "fail_times": _times(parts[1] if len(parts) > 1 else None),
+            "fail_retry_after": retry_after}
+
+
+def _parse_sleep(arg: str | None) -> dict:
+    """`sleep:SECONDS`."""
+    seconds = float(arg)  # type: ignore[arg-type]  # None raises TypeError, reported as invalid
+    if not seconds >= 0:
+        raise ValueError("negative sleep")
+    return {"sleep_s": seconds}
+
+
+_MARKER_PARSERS = {
+    "fail": _parse_fail,
+    "sleep": _parse_sleep,
+    "malformed": lambda arg: {"malformed_times": _times(arg)},
+    "badjson": lambda arg: {"badjson_times": _times(arg)},
+    "reasoning": lambda arg: {"reasoning": True},
+    "think": lambda arg: {"think": True},
+    "echo_params": lambda arg: {"echo_params": True},
+}
+_NO_MARKERS = Markers()
+
+
+# ----------------------------------------------------------------------------- replies
+
+_ERROR_KINDS = {
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("invalid_request_error", "not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+def json_reply(status: int, obj: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """A reply whose body is `obj` as compact JSON."""
+    return Reply(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
+
+
+def error_reply(status: int, message: str, code: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """An OpenAI-style error: `{"error": {"message", "type", "code"}}`."""
+    default_type = "server_error" if status >= 500 else "invalid_request_error"
+    err_type, default_code = _ERROR_KINDS.get(status, (default_type, default_type))
+    body = {"error": {"message": message, "type": err_type, "code": code or default_code}}
+    return json_reply(status, body, headers)
+
+
+def retry_headers(seconds: float) -> tuple[tuple[str, str], ...]:
+    """`Retry-After` (seconds, maybe fractional) and `retry-after-ms`, as OpenAI sends them."""
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".") or "0"
+    return (("Retry-After", text), ("retry-after-ms", str(max(0, math.ceil(seconds * 1000)))))
+
+
+# ----------------------------------------------------------------------------- chat content
+
+def _text_of(content: object) -> str:
+    """The text of a message: its string content or its `text` parts joined."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    return "".join(part["text"] for part in content if isinstance(part, dict)
+                   and part.get("type") == "text" and isinstance(part.get("text"), str))
+
+
+def _image_urls(content: object) -> list:
+    """The urls of a message's `image_url` parts (whatever they hold)."""
+    if not isinstance(content, list):
+        return []
+    urls = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            ref = part.get("image_url")
+            urls.append(ref.get("url") if isinstance(ref, dict) else ref)
+    return urls
+
+
+def valid_image_url(url: object) -> bool:
+    """True for http(s) urls and `data:image/...;base64,<valid base64>` urls."""
+    if not isinstance(url, str):
+        return False
+    if url.startswith(("http://", "https://")):
+        return True
+    _, sep, payload = url.partition(";base64,")
+    if not url.startswith("data:image/") or not sep or not payload:
+        return False
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _first_invalid_image(messages: list) -> str | None:
+    """The first image url of any message that a real API would reject, or None."""
+    for message in messages:
+        if isinstance(message, dict):
+            for url in _image_urls(message.get("content")):
+                if not valid_image_url(url):
+                    return str(url)
+    return None
+
+
+def last_user_text(messages: list) -> tuple[str, int]:
+    """The text and image count of the last user message."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return _text_of(content), len(_image_urls(content))
+    return "", 0
+
+
+def prompt_tokens(messages: list) -> int:
+    """A rough prompt size: all message text / 4, plus 85 per image, at least 1."""
+    chars = images = 0
+    for message in messages:
+        if isinstance(message, dict):
+            chars += len(_text_of(message.get("content")))
+            images += len(_image_urls(message.get("content")))
+    return max(1, chars // 4 + 85 * images)
+
+
+def _truncate(content: str, tokens: int, request: dict) -> tuple[str, int, str]:
+    """Cut the answer to `max_tokens` (4 characters a token) the way a real API stops early."""
+    limit = request.get("max_completion_tokens", request.get("max_tokens"))
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit >= tokens:
+        return content, tokens, "stop"
+    limit = max(0, limit)
+    return content[:limit * 4], limit, "length"
+
+
+def _load_request(body: bytes) -> dict | Reply:
+    """The request JSON, or the 400 reply a real API would give for it."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return error_reply(400, "request body is not valid JSON", "invalid_json")
+    if not isinstance(request, dict) or not isinstance(request.get("messages"), list) \
+            or not request["messages"]:
+        return error_reply(400, "'messages' must be a non-empty list", "invalid_messages")
+    if request.get("stream"):
+        return error_reply(400, "the mock server does not stream; send stream=false", "unsupported")
+    return request
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+class WindowLimiter:
+    """Sliding-window request limiter: at most `limit` admitted requests per `window` seconds."""
+
+    def __init__(self, rps: float, clock=time.monotonic) -> None:
+        self.limit = max(1, int(rps))
+        self.window = self.limit / rps
+        self._clock = clock
+        self._admitted: collections.deque[float] = collections.deque()
+
+    def admit(self) -> float:
+        """Admit one request (0.0), or say how many seconds until one would be admitted."""
+        now = self._clock()
+        while self._admitted and now - self._admitted[0] >= self.window:
+            self._admitted.popleft()
+        if len(self._admitted) < self.limit:
+            self._admitted.append(now)
+            return 0.0
+        return self._admitted[0] + self.window - now
+
+    @property
+    def remaining(self) -> int:
+        """Requests still admitted in the current window."""
+        return max(0, self.limit - len(self._admitted))
+
+
+class _Responder:
+    """Turns one HTTP request into a reply: routes, faults, markers, answers, counters.
+
+    Runs on the server's loop thread only; the counters are read by other threads under a lock.
+    """
+
+    def __init__(self, options: MockOptions) -> None:
+        self.options = options
+        self._rng = random.Random(options.seed)
+        self._limiter = WindowLimiter(options.rate_limit_rps) if options.rate_limit_rps else None
+        self._marker_uses: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._requests = self._in_flight = self._max_concurrent = 0
+        self._by_status: collections.Counter[int] = collections.Counter()
+        self._prompts: collections.Counter[str] = collections.Counter()
+
+    async def handle(self, method: str, target: str, headers: dict, body: bytes) -> Reply:
+        """Answer one request, after the configured latency."""
+        n = self._begin()
+        status = None
+        try:
+            reply = await self._route(n, method, target, headers, body)
+            if self.options.latency_ms > 0:
+                await asyncio.sleep(self.options.latency_ms / 1000)
+            status = reply.status
+            return self._with_limit_headers(reply)
+        finally:
+            self._end(status)
+
+    def stats(self) -> dict:
+        """A snapshot of the counters."""
+        with self._lock:
+            return {"requests": self._requests, "by_status": dict(self._by_status),
+                    "max_concurrent": self._max_concurrent, "in_flight": self._in_flight,
+                    "prompts": dict(self._prompts)}
+
+    def reset_stats(self) -> None:
+        """Zero the counters (marker state and the rate limiter are kept)."""
+        with self._lock:
+            self._requests = self._max_concurrent = 0
+            self._by_status.clear()
+            self._prompts.clear()
+
+    def _begin(self) -> int:
+        with self._lock:
+            self._requests += 1
+            self._in_flight += 1
+            self._max_concurrent = max(self._max_concurrent, self._in_flight)
+            return self._requests
+
+    def _end(self, status: int | None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if status is not None:
+                self._by_status[status] += 1
+
+    async def _route(self, n: int, method: str, target: str, headers: dict, body: bytes) -> Reply:
+        path = target.split("?", 1)[0].rstrip("/")
+        path = path[3:] if path.startswith("/v1/") else path
+        if method == "POST" and path == "/chat/completions":
+            handler = self._chat
+        elif method == "GET" and (path == "/models" or path.startswith("/models/")):
+            handler = self._models
+        else:
+            return error_reply(404, f"Unknown request URL: {method} {target}", "unknown_url")
+        refusal = self._gate(headers)
+        return refusal if refusal is not None else await handler(n, path, body)
+
+    def _gate(self, headers: dict) -> Reply | None:
+        """The server-wide refusals, in the order a real API applies them."""
+        opts = self.options
+        if opts.api_keys is not None and _bearer(headers) not in opts.api_keys:
+            return error_reply(401, "Incorrect API key provided.", "invalid_api_key")
+        if opts.fixed_status is not None:
+            extra = retry_headers(1.0) if opts.fixed_status == 429 else ()
+            return error_reply(opts.fixed_status, f"injected status {opts.fixed_status}", headers=extra)
+        wait = self._limiter.admit() if self._limiter else 0.0
+        if wait > 0:
+            return error_reply(429, "Rate limit reached for requests", headers=retry_headers(wait))
+        if opts.error_rate > 0 and self._rng.random() < opts.error_rate:
+            return error_reply(500, "injected server error")
+        return None
+
+    def _with_limit_headers(self, reply: Reply) -> Reply:
+        if self._limiter is None:
+            return reply
+        extra = (("x-ratelimit-limit-requests", str(self._limiter.limit)),
+                 ("x-ratelimit-remaining-requests", str(self._limiter.remaining)))
+        return Reply(reply.status, reply.body, reply.headers + extra)
+
+    async def _models(self, n: int, path: str, body: bytes) -> Reply:
+        names = self.options.models or (DEFAULT_MODEL,)
+        cards = [{"id": name, "object": "model", "created": 0, "owned_by": "mpdistill-mock"}
+                 for name in names]
+        if path == "/models":
+            return json_reply(200, {"object": "list", "data": cards})
+        wanted = path[len("/models/"):]
+        card = next((card for card in cards if card["id"] == wanted), None)
+        if card is None:
+            return error_reply(404, f"The model `{wanted}` does not exist.", "model_not_found")
+        return json_reply(200, card)
+
+    async def _chat(self, n: int, path: str, body: bytes) -> Reply:
+        request = _load_request(body)
+        if isinstance(request, Reply):
+            return request
+        model = str(request.get("model") or DEFAULT_MODEL)
+        if self.options.strict_models and self.options.models and model not in self.options.models:
+            return error_reply(404, f"The model `{model}` does not exist.", "model_not_found")
+        bad_url = _first_invalid_image(request["messages"])
+        if bad_url is not None:
+            return error_reply(400, f"Invalid image url {bad_url[:80]!r}: expected an http(s) url "
+                                    "or data:image/...;base64,...", "invalid_image_url")
+        text, images = last_user_text(request["messages"])
+        try:
+            markers = Markers.parse(text) if "[[" in text else _NO_MARKERS
+        except ValueError as err:
+            return error_reply(400, str(err), "invalid_marker")
+        self._record(text)
+        scripted = await self._scripted(markers, text)
+        if scripted is not None:
+            return scripted
+        return json_reply(200, self._completion(n, request, model, (text, images), markers))
+
+    def _record(self, text: str) -> None:
+        if self.options.record_prompts:
+            with self._lock:
+                self._prompts[text] += 1
+
+    def _take(self, kind: str, text: str, times: float) -> bool:
+        """Use up one of the first `times` turns of a marker for this exact prompt text."""
+        key = (kind, text)
+        used = self._marker_uses.get(key, 0)
+        if used >= times:
+            return False
+        self._marker_uses[key] = used + 1
+        return True
+
+    async def _scripted(self, markers: Markers, text: str) -> Reply | None:
+        """The reply a marker forces instead of an answer, or None."""
+        if markers.sleep_s > 0:
+            await asyncio.sleep(markers.sleep_s)
+        if markers.fail_status is not None and self._take("fail", text, markers.fail_times):
+            retry_after = markers.fail_retry_after
+            if retry_after is None and markers.fail_status == 429:
+                retry_after = 0.1
+            extra = retry_headers(retry_after) if retry_after is not None else ()
+            return error_reply(markers.fail_status, f"scripted failure {markers.fail_status}",
+                               headers=extra)
+        if self._take("malformed", text, markers.malformed_times):
+            return Reply(200, _MALFORMED_BODY)
+        return None
+
+    def _completion(self, n: int, request: dict, model: str, prompt: tuple[str, int],
+                    markers: Markers) -> dict:
+        text, images = prompt
+        content = self._content(n, request, text, images, markers)
+        tokens = max(1, len(content) // 4)
+        finish = "stop"
+        if not markers.echo_params:  # echoed params must stay parseable JSON
+            content, tokens, finish = _truncate(content, tokens, request)
+        message = {"role": "assistant", "content": content}
+        if self.options.reasoning or markers.reasoning:
+            message["reasoning_content"] = "mock reasoning about: " + text[:200]
+        used = prompt_tokens(request["messages"])
+        return {"id": f"chatcmpl-mock-{n}", "object": "chat.completion", "created": int(time.time()),
+                "model": model, "system_fingerprint": "mpdistill-mock",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                             "logprobs": None}],
+                "usage": {"prompt_tokens": used, "completion_tokens": tokens,
+                          "total_tokens": used + tokens}}
+
+    def _content(self, n: int, request: dict, text: str, images: int, markers: Markers) -> str:
+        if markers.echo_params:
+            return json.dumps({k: v for k, v in request.items() if k != "messages"}, sort_keys=True)
+        answer = "mock answer: " + text[:200] + (f" [images: {images}]" if images else "")
+        response_format = request.get("response_format")
+        wants_json = isinstance(response_format, dict) and response_format.get("type") == "json_object"
+        if wants_json and not self._take("badjson", text, markers.badjson_times):
+            answer = json.dumps({"answer": answer, "n": n})
+        return "<think>mock thinking</think>" + answer if markers.think else answer
+
+
+def _bearer(headers: dict) -> str | None:
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
