@@ -11,11 +11,12 @@ import logging
 import os
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .checkpoint import CheckpointManager, safe_name
-from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig
+from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig, sibling
 from .endpoint import Endpoint
 from .endpoints import endpoints_from_env, load_endpoints, select_pool
 from .errors import ConfigError
@@ -74,68 +75,107 @@ def _with_input(cfg: RunConfig, announce) -> RunConfig:
     return dataclasses.replace(cfg, input=str(SAMPLE_INPUT))
 
 
-def _open_job(cfg: RunConfig, input_path: Path | None, announce) -> tuple[Job, ResumeInfo]:
-    name = cfg.name
-    ckpt = CheckpointManager(cfg.checkpoint_interval, name=name, directory=cfg.checkpoint_dir)
-    output, errors = cfg.output_path, cfg.errors_path
-    info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
-                   retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(cfg.fingerprint_fields()))
+@dataclass(frozen=True)
+class JobSpec:
+    """One model of a run: its alias (names the checkpoint), model id, output file and generation params."""
+
+    alias: str
+    model: str
+    output: Path
+    params: Mapping[str, Any] = field(default_factory=dict)
+    system: str | None = None
+
+
+def default_jobs(cfg: RunConfig) -> list[JobSpec]:
+    """The single job of a plain run: the config's model, output and params."""
     params = {k: v for k, v in (("max_tokens", cfg.max_tokens), ("temperature", cfg.temperature)) if v is not None}
     params.update(cfg.params)
-    return Job(name, cfg.model, Writer(output, errors, ckpt), ckpt, params), info
+    return [JobSpec(cfg.name, cfg.model, cfg.output_path, params, cfg.system)]
 
 
-def _resume_line(info: ResumeInfo, total: int | None) -> str | None:
+def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None) -> tuple[Job, ResumeInfo]:
+    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir)
+    output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
+    fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
+    info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
+                   retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields))
+    job = Job(spec.alias, spec.model, Writer(output, errors, ckpt), ckpt, dict(spec.params), system=spec.system)
+    return job, info
+
+
+def _resume_line(alias: str, info: ResumeInfo, total: int | None, many: bool) -> str | None:
     if not info.done:
         return None
     when = time.strftime("%H:%M:%S", time.localtime(info.saved_at)) if info.saved_at else None
     source = f"checkpoint from {when}" if when else "recovered from the output"
+    who = f" [{alias}]" if many else ""
     if total is None:
-        return f"Resuming: {info.done} done ({source})"
-    return f"Resuming: {info.done}/{total} done, {max(total - info.done, 0)} to go ({source})"
+        return f"Resuming{who}: {info.done} done ({source})"
+    return f"Resuming{who}: {info.done}/{total} done, {max(total - info.done, 0)} to go ({source})"
 
 
-def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *,
+def _open_source(cfg: RunConfig, rows):
+    """(row iterator factory, total, input path, base dir) for a file input or Python rows."""
+    if rows is not None:
+        return None, _len(rows), None, None
+    source = JsonlSource(Path(cfg.input), max_line_bytes=cfg.max_line_bytes)
+    return source, source.count(), source.path, source.base_dir
+
+
+def _start_position(jobs: list[Job]):
+    """Where reading may start: the earliest safe seek point of all jobs."""
+    positions = [j.checkpoint.input_position for j in jobs]
+    if any(p is None for p in positions):
+        return None
+    return min(positions)
+
+
+def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpec] | None = None,
         announce: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
-    """Run a whole job and return its summary (also written as JSON beside the output)."""
+    """Run a whole job (one or several models over the same rows) and return its summary."""
     announce = announce or log.info
     with ExitStack() as stack:
         endpoints = () if cfg.mock else resolve_endpoints(cfg)
         cfg = dataclasses.replace(cfg, endpoints=endpoints) if endpoints else with_mock(cfg, stack, announce)
         if rows is None:
             cfg = _with_input(cfg, announce)
-            source = JsonlSource(Path(cfg.input), system=cfg.system, max_line_bytes=cfg.max_line_bytes)
-            total, input_path, base_dir = source.count(), source.path, source.base_dir
-        else:
-            source, total, input_path, base_dir = None, _len(rows), None, None
-        job, info = _open_job(cfg, input_path, announce)
-        line = _resume_line(info, total)
-        if line:
-            announce(line)
-        if total is not None and info.done >= total and info.done:
-            announce(f"Nothing to do: all {total} rows are already done (output: {cfg.output_path})")
-        start = job.checkpoint.input_position
+        source, total, input_path, base_dir = _open_source(cfg, rows)
+        specs = jobs or default_jobs(cfg)
+        opened = [_open_job(cfg, spec, input_path) for spec in specs]
+        job_list = [job for job, _ in opened]
+        for job in job_list:
+            stack.callback(job.writer.close)
+        done = sum(info.done for _, info in opened)
+        for job, info in opened:
+            line = _resume_line(job.alias, info, total, len(opened) > 1)
+            if line:
+                announce(line)
+        if total is not None and done and all(info.done >= total for _, info in opened):
+            announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
+        is_done = lambda key: all(j.checkpoint.is_done(key) for j in job_list)
         if source is not None:
-            row_iter = source.rows(start, is_done=job.checkpoint.is_done)
+            row_iter = source.rows(_start_position(job_list), is_done=is_done)
         else:
-            row_iter = _python_rows(rows, cfg.system, job.checkpoint.is_done)
+            row_iter = _python_rows(rows, is_done)
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                           image_max_side=cfg.image_max_side, base_dir=base_dir)
-        bar = stack.enter_context(_progress_bar(cfg, total, info.done, progress))
-        runner = Runner(cfg, [job], row_iter, KeyPool(list(cfg.endpoints)), spec, total=total,
+        all_total = total * len(job_list) if total is not None else None
+        bar = stack.enter_context(_progress_bar(cfg, all_total, done, progress))
+        runner = Runner(cfg, job_list, row_iter, KeyPool(list(cfg.endpoints)), spec, total=total,
                         status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
-                        progress=bar, elapsed_before=job.checkpoint.elapsed)
-        stack.callback(job.writer.close)
+                        progress=bar, elapsed_before=max(j.checkpoint.elapsed for j in job_list))
         state = "failed"
         try:
             state = runner.run()
         finally:
             bar.close()
-            summary = runner.summary(state, info.done)
-            summary["output"], summary["errors"] = str(cfg.output_path), str(cfg.errors_path)
-            _write_summary(cfg.summary_path, summary)
+            summary = runner.summary(state, done)
+            summary["output"] = str(specs[0].output)
+            summary["errors"] = str(sibling(specs[0].output, ".errors.jsonl"))
+            _write_summary(sibling(specs[0].output, ".summary.json"), summary)
         announce(format_summary(summary))
-        announce(f"Output: {cfg.output_path}  (errors: {cfg.errors_path}, summary: {cfg.summary_path})")
+        announce(f"Output: {summary['output']}  (errors: {summary['errors']}, "
+                 f"summary: {sibling(specs[0].output, '.summary.json')})")
         return summary
 
 
@@ -146,7 +186,7 @@ def _len(rows) -> int | None:
         return None
 
 
-def _python_rows(rows: Iterable[dict], system, is_done):
+def _python_rows(rows: Iterable[dict], is_done):
     """Rows given from Python: key = position (1-based); bad rows become error rows, not exceptions."""
     from .errors import RowFormatError
     from .source import BadRow, IdSet
@@ -155,7 +195,7 @@ def _python_rows(rows: Iterable[dict], system, is_done):
         if is_done(key):
             continue
         try:
-            row = row_from_object(key, obj, system)
+            row = row_from_object(key, obj, None)
         except RowFormatError as err:
             yield BadRow(key, None, str(err))
             continue

@@ -63,7 +63,8 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the endpoints file ({type(err).__name__})") from err
+        why = getattr(err, "strerror", None) or type(err).__name__
+        raise ConfigError(f"{path}: cannot read the endpoints file: {why}") from err
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -43,7 +43,7 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class _Bucket:
-    """Continuous token bucket. It may go into debt, so a request larger than the bucket fits when it is full."""
+    """Continuous token bucket; it may go into debt, so an oversized request fits when it is full."""
 
     def __init__(self, per_minute: float, now: float) -> None:
         self.rate = per_minute / 60.0
@@ -180,10 +180,12 @@ class KeyPool:
         cap = st.endpoint.max_concurrency
         if cap is not None and st.in_flight >= cap:
             waits.append(BUSY_POLL_S)
+        if st.streak >= TRANSIENT_STREAK and st.in_flight > 0:
+            waits.append(BUSY_POLL_S)  # a failing endpoint gets one probe at a time, not a burst
         return max(0.0, *waits)
 
     def _rank(self, st: _State) -> tuple:
-        """Least in flight per weight, then the fullest buckets, then weighted round robin, then file order."""
+        """Fewest in flight per weight, then fullest buckets, then weighted round robin, then file order."""
         return (st.in_flight / st.endpoint.weight, -self._headroom(st),
                 max(st.pass_, self._vtime), st.index)
 
@@ -224,6 +226,7 @@ class KeyPool:
             self._read_headers(st, headers, now)
         if not ok:
             st.n_errors += 1
+            st.streak = 0  # it answered: reachable, whatever the answer
             return
         st.n_ok += 1
         st.streak = st.rate_level = st.outage_level = 0
@@ -235,6 +238,7 @@ class KeyPool:
         """A 429: refund tokens, cool down (Retry-After or growing backoff), cut the rate."""
         st, now = self._end_call(name), self._clock()
         st.n_429 += 1
+        st.streak = 0  # a 429 is an answer: slow down, but the endpoint is reachable
         self._refund(st, reserved_tokens, now)
         if retry_after is not None:
             cool = min(max(0.0, float(retry_after)), HINT_MAX_S)
@@ -351,6 +355,13 @@ class KeyPool:
         now = self._clock()
         enabled = [st for st in self._states.values() if st.disabled_reason is None]
         return bool(enabled) and all(st.outage_until > now for st in enabled)
+
+    def all_down(self) -> bool:
+        """True while every enabled endpoint has failed transiently TRANSIENT_STREAK times in a row and not
+        answered since (cooling down or being probed): the outage lasts until some endpoint answers."""
+        now = self._clock()
+        enabled = [st for st in self._states.values() if st.disabled_reason is None]
+        return bool(enabled) and all(st.outage_until > now or st.streak >= TRANSIENT_STREAK for st in enabled)
 
     def in_flight(self, name: str) -> int:
         return self._state(name).in_flight

@@ -45,6 +45,7 @@ class Job:
     writer: Writer
     checkpoint: CheckpointManager
     params: dict = field(default_factory=dict)
+    system: str | None = None
     stats: ModelStats = field(default_factory=ModelStats)
 
 
@@ -232,6 +233,8 @@ class Runner:
         tid = next(self._tids)
         job = self.jobs[item.job]
         request = {"model": job.model, **job.params, **item.row.request}
+        if job.system and not any(m.get("role") == "system" for m in request["messages"]):
+            request["messages"] = [{"role": "system", "content": job.system}, *request["messages"]]
         self._flights[tid] = Flight(item, endpoint, reserved, time.monotonic())
         self.pool.submit(Task(tid, endpoint, request))
 
@@ -314,6 +317,7 @@ class Runner:
             self.keypool.rate_limited(flight.endpoint, err.retry_after, flight.reserved)
             delay = 0.0  # the endpoint's cooldown does the waiting; any other endpoint may take it now
         elif isinstance(err, AuthError):
+            self.keypool.failed(flight.endpoint, flight.reserved, transient=False)  # ends the call
             if self.keypool.disable(flight.endpoint, f"HTTP {err.status}: key rejected"):
                 log.error("endpoint %s: key rejected (HTTP %s); disabled for this run", flight.endpoint, err.status)
             delay = 0.0
@@ -406,7 +410,7 @@ class Runner:
 
     def _check_health(self) -> None:
         """Stop the run when every endpoint has been unreachable for longer than --max-outage."""
-        if not self.keypool.all_unavailable():
+        if not self.keypool.all_down():  # not all_unavailable: that ends with each cooldown, mid-outage
             if self._outage_since is not None:
                 log.warning("endpoints reachable again after %.0f s", time.monotonic() - self._outage_since)
             self._outage_since = None

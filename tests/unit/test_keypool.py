@@ -408,7 +408,7 @@ def fail_everywhere(pool: KeyPool, times: int) -> None:
 
 
 def test_outage_after_repeated_transient_failures_and_recovery():
-    """Three transient failures in a row on every endpoint is an outage; after the cooldown it probes again."""
+    """Three transient failures in a row everywhere is an outage; after the cooldown it probes again."""
     pool, clock = make(ep("a"), ep("b", KEY_B), cooldown_base=2.0)
     fail_everywhere(pool, 2)
     assert pool.all_unavailable() is False
