@@ -242,14 +242,15 @@ def open_server(**kw) -> tuple[NginxServer | MockFallback, str]:
     return MockFallback(**kw), f"FALLBACK: built-in mock server ({why}); figures are bounded by the mock"
 
 
-def wrk_ceiling(url: str, seconds: float = 5, connections: int = 64, threads: int = 2) -> dict | None:
-    """Requests/s the server answers to wrk (POST with a small body); None without wrk."""
+def wrk_ceiling(base_url: str, seconds: float = 5, connections: int = 64, threads: int = 2) -> dict | None:
+    """Requests/s the server answers to wrk (POST with a small body) at `base_url`; None without wrk."""
     if not wrk_available():
         return None
+    url = base_url.rstrip("/") + "/chat/completions"
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(POST_LUA), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=seconds + 30)
     rps = re.search(r"Requests/sec:\s*([\d.]+)", out.stdout)
     errors = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out.stdout)
     return {"rps": float(rps.group(1)) if rps else None, "non_2xx": int(errors.group(1)) if errors else 0,
-            "command": " ".join(cmd[:-3] + ["-s", "bench/post.lua", url.split("/", 3)[-1]]),
+            "command": " ".join(cmd[:-3] + ["-s", "bench/post.lua", "/" + url.split("/", 3)[-1]]),
             "connections": connections}

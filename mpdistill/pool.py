@@ -6,6 +6,8 @@ re-queued at once instead of being lost or waiting for a timeout.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import pickle
 import time
@@ -13,18 +15,30 @@ import time
 import multiprocess as mp
 from multiprocess import connection
 
-from .worker import Outcome, Task, WorkerSpec, worker_main
+from .worker import Outcome, Task, WorkerSpec, preload, worker_main
 
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _frozen_heap():
+    """Fork with the manager's objects out of the GC's reach, so that a worker's collections do
+    not write to (and so copy) every page it shares with the manager."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class _Worker:
-    def __init__(self, ctx, slot: int, spec: WorkerSpec) -> None:
+    def __init__(self, ctx, slot: int, spec: WorkerSpec, clients=None) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=worker_main, args=(child, spec), daemon=True,
+        self.process = ctx.Process(target=worker_main, args=(child, spec, clients), daemon=True,
                                    name=f"mpdistill-worker-{slot}")
-        self.process.start()
+        with _frozen_heap():
+            self.process.start()
         child.close()
         self.tids: set[int] = set()
         self.busy_since: float | None = None
@@ -40,9 +54,12 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._owner: dict[int, _Worker] = {}
         self._next = 0
+        self._clients = None   # SDK clients made once here, inherited by forked workers
 
     def start(self) -> None:
-        self._workers = [_Worker(self._ctx, i, self.spec) for i in range(self.processes)]
+        if self._ctx.get_start_method() == "fork":
+            self._clients = preload(self.spec)
+        self._workers = [_Worker(self._ctx, i, self.spec, self._clients) for i in range(self.processes)]
 
     @property
     def capacity(self) -> int:
@@ -126,7 +143,7 @@ class WorkerPool:
         for tid in lost:
             self._owner.pop(tid, None)
         worker.conn.close()
-        self._workers[worker.slot] = _Worker(self._ctx, worker.slot, self.spec)
+        self._workers[worker.slot] = _Worker(self._ctx, worker.slot, self.spec, self._clients)
         return lost
 
     def worker_states(self) -> list[dict]:

@@ -21,7 +21,7 @@ from . import retry
 from .checkpoint import CheckpointManager
 from .config import RunConfig
 from .control import check_stop
-from .errors import (AuthError, CheckpointError, ConnectError, OutputError, RateLimitError,
+from .errors import (AuthError, CheckpointError, ConnectError, MpdistillError, RateLimitError,
                      RunAbortedError, from_info)
 from .keypool import KeyPool
 from .pool import WorkerPool
@@ -47,6 +47,8 @@ class Job:
     params: dict = field(default_factory=dict)
     system: str | None = None
     stats: ModelStats = field(default_factory=ModelStats)
+    seen_ok: int = 0          # durable rows already counted in progress
+    seen_failed: int = 0
 
 
 @dataclass
@@ -109,6 +111,8 @@ class Runner:
     def run(self) -> str:
         """Run to the end; returns the final state: finished, interrupted or aborted."""
         previous = self._install_signals()
+        for job in self.jobs:
+            job.writer.start()
         try:
             self._loop()
         finally:
@@ -145,11 +149,14 @@ class Runner:
 
     def _shutdown(self) -> None:
         """Persist everything already answered, stop the workers, save (or clear) the checkpoints."""
-        try:
-            self._commit()
-        except OutputError as err:
-            log.error("%s", err)
-            self._abort = self._abort or str(err)
+        for job in self.jobs:
+            job.checkpoint.elapsed = self.elapsed()
+            try:
+                job.writer.stop()
+            except MpdistillError as err:
+                log.error("%s", err)
+                self._abort = self._abort or str(err)
+        self._collect()
         if self._stop_now or self._abort:
             self.pool.kill()
         else:
@@ -188,7 +195,7 @@ class Runner:
                 self._handle(outcome)
             for tid in lost:
                 self._lost(tid)
-            self._commit()
+            self._collect()
             self._check_health()
             self._tick()
 
@@ -263,7 +270,7 @@ class Runner:
                 return None
             if isinstance(entry, Blank):
                 for job in self.jobs:
-                    job.checkpoint.mark_done(entry.key, entry.end_offset)
+                    job.writer.add_mark(entry.key, entry.end_offset)
                 continue
             self._taken += 1
             if isinstance(entry, BadRow):
@@ -399,11 +406,16 @@ class Runner:
 
     # ---- durability, health, status -----------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _collect(self) -> None:
+        """Take in what the writers made durable; a writer's failure stops the run."""
+        elapsed = self.elapsed()
         for job in self.jobs:
-            if job.writer.pending:
-                job.checkpoint.elapsed = self.elapsed()
-                ok, failed = job.writer.commit()
+            if job.writer.error is not None:
+                raise job.writer.error
+            job.checkpoint.elapsed = elapsed
+            ok, failed = job.writer.durable_ok - job.seen_ok, job.writer.durable_failed - job.seen_failed
+            if ok or failed:
+                job.seen_ok, job.seen_failed = job.writer.durable_ok, job.writer.durable_failed
                 self._meter.add(ok + failed)
                 if self.progress:
                     self.progress(ok, failed)

@@ -2,16 +2,21 @@
 
 Nothing is loaded whole: rows are read one line at a time from a byte offset, and rows that are
 already done are skipped before they are parsed, so a resume costs little per skipped row.
+In follow mode a source yields `IDLE` when nothing new is there yet, instead of ending.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import InputFileError, RowFormatError
+
+log = logging.getLogger(__name__)
 
 ROW_FIELDS = ("id", "prompt", "images", "system", "messages", "custom_id", "method", "url", "body")
 
@@ -46,6 +51,14 @@ class Blank:
 
     key: int
     end_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Follow mode: nothing new to read right now. Call `next()` again after a poll interval."""
+
+
+IDLE = Idle()
 
 
 class IdSet:
@@ -216,35 +229,111 @@ class JsonlSource:
         return n + (last != b"\n")
 
     def rows(self, start: tuple[int, int] | None = None,
-             is_done: Callable[[int], bool] = lambda key: False) -> Iterator[Row | BadRow | Blank]:
-        """Yield rows from `start` = (key, byte offset), skipping done keys without parsing them."""
+             is_done: Callable[[int], bool] = lambda key: False,
+             follow: bool = False) -> Iterator[Row | BadRow | Blank | Idle]:
+        """Yield rows from `start` = (key, byte offset), skipping done keys without parsing them.
+
+        With `follow`, the end of the file yields IDLE (once per `next()`) until more lines are
+        appended; a last line without its "\n" waits until it is complete. Following ends, with a
+        warning, if the file is removed, replaced, truncated or rewritten under us.
+        """
         key, offset = start or (1, 0)
         ids = IdSet()
-        try:
-            f = open(self.path, "rb")
-        except OSError as err:
-            raise InputFileError(f"cannot open input {self.path}: {err.strerror}") from err
-        with f:
-            f.seek(offset)
+        with self._open() as f:
+            lines = _LineReader(f, offset, self.max_line_bytes, follow)
+            anchor = os.pread(f.fileno(), 1, offset - 1) if follow and offset else b""
             while True:
-                raw, size, too_long = self._read_line(f)
-                if not size:
-                    return
-                offset += size
+                line = lines.read()
+                if line is None:
+                    if not follow or self._stop_following(f, lines, anchor):
+                        return
+                    yield IDLE
+                    continue
+                raw, too_long = line
+                anchor = b"\n"  # in follow mode every line read is complete
                 if not is_done(key):
                     if too_long:
-                        yield BadRow(key, None, f"line {key} is longer than {self.max_line_bytes} bytes", offset)
+                        yield BadRow(key, None, f"line {key} is longer than {self.max_line_bytes} bytes",
+                                     lines.offset)
                     else:
-                        yield parse_row(key, raw, self.system, ids, offset)
+                        yield parse_row(key, raw, self.system, ids, lines.offset)
                 key += 1
 
-    def _read_line(self, f) -> tuple[bytes, int, bool]:
-        """One line; an over-long line is consumed in pieces and reported, never held whole."""
-        raw = f.readline(self.max_line_bytes + 1)
-        if len(raw) <= self.max_line_bytes or raw.endswith(b"\n"):
-            return raw, len(raw), False
-        size = len(raw)
-        while raw and not raw.endswith(b"\n"):
-            raw = f.readline(1 << 20)
-            size += len(raw)
-        return b"", size, True
+    def _open(self):
+        try:
+            return open(self.path, "rb")
+        except OSError as err:
+            raise InputFileError(f"cannot open input {self.path}: {err.strerror}") from err
+
+    def _stop_following(self, f, lines: _LineReader, anchor: bytes) -> bool:
+        """True (with a warning) if the file we follow is no longer the file we have been reading."""
+        change = _file_change(self.path, f.fileno(), lines.offset, lines.position, anchor)
+        if change:
+            log.warning("input %s was %s while being followed; stopping at byte %d "
+                        "(rows read so far are kept)", self.path, change, lines.offset)
+        return change is not None
+
+
+def _file_change(path: Path, fd: int, offset: int, position: int, anchor: bytes) -> str | None:
+    """How the file at `path` differs from the open `fd`, or None if it does not.
+
+    `position` is how far we have read; `anchor` is the byte just before `offset` (the start of the
+    next line) as we read it: if that byte changed, the file was rewritten in place.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "removed"
+    mine = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+        return "replaced"
+    if mine.st_size < position:
+        return "truncated"
+    if offset and os.pread(fd, 1, offset - 1) != anchor:
+        return "rewritten"
+    return None
+
+
+class _LineReader:
+    """Lines of an open binary file from `offset`; an over-long line is reported, never held whole.
+
+    In follow mode only complete lines (ending in "\n") are returned: a line still being written
+    is left for a later call, which goes on from where this one stopped.
+    """
+
+    def __init__(self, f, offset: int, max_bytes: int, follow: bool) -> None:
+        self.f, self.offset, self.max_bytes, self.follow = f, offset, max_bytes, follow
+        self._skipped = 0   # bytes of an over-long line passed over so far
+        f.seek(offset)
+
+    @property
+    def position(self) -> int:
+        """How far the file has been read: the next line's start plus any over-long part passed."""
+        return self.offset + self._skipped
+
+    def read(self) -> tuple[bytes, bool] | None:
+        """(line, too_long) for the next line; None at the end of the file (for now, in follow mode)."""
+        if self._skipped:
+            return self._skip()
+        raw = self.f.readline(self.max_bytes + 1)
+        if raw.endswith(b"\n") or (raw and not self.follow and len(raw) <= self.max_bytes):
+            self.offset += len(raw)
+            return raw, False
+        if len(raw) > self.max_bytes:
+            self._skipped = len(raw)
+            return self._skip()
+        if raw:
+            self.f.seek(self.offset)  # half-written last line: read it again once it is complete
+        return None
+
+    def _skip(self) -> tuple[bytes, bool] | None:
+        while True:
+            piece = self.f.readline(1 << 20)
+            self._skipped += len(piece)
+            if piece.endswith(b"\n") or (not piece and not self.follow):
+                break
+            if not piece:
+                return None  # follow: the rest of the over-long line is not written yet
+        self.offset += self._skipped
+        self._skipped = 0
+        return b"", True

@@ -207,3 +207,60 @@ def test_error_for_status_keeps_only_interesting_headers():
 def test_split_reasoning_table(message, expected):
     """Reasoning comes from reasoning fields, else from a leading complete <think> block only."""
     assert split_reasoning(message) == expected
+
+
+# ---- JSON answers (--response-format json) -------------------------------------------------------
+
+JSON_REQUEST = {**REQUEST, "response_format": {"type": "json_object"}}
+
+
+def test_plain_request_is_not_parsed(server):
+    """Without response_format a JSON-looking answer stays text and `extracted` stays None."""
+    result = call(server, body=answer('{"a": 1}'))
+    assert result.answer == '{"a": 1}' and result.extracted is None
+
+
+@pytest.mark.parametrize("content", ['{"a": 1, "b": [2]}', '  \n{"a": 1, "b": [2]}\n',
+                                     'Here it is:\n```json\n{"a": 1, "b": [2]}\n```\nDone.',
+                                     '```\n{"a": 1, "b": [2]}\n```'])
+def test_json_answer_is_extracted(server, content):
+    """A bare or ```json-fenced object becomes `extracted`; the answer text is kept as sent."""
+    result = call(server, body=answer(content), request=JSON_REQUEST)
+    assert result.extracted == {"a": 1, "b": [2]} and result.answer == content
+
+
+def test_json_schema_format_is_extracted(server):
+    """response_format json_schema is parsed like json_object."""
+    request = {**REQUEST, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}
+    assert call(server, body=answer('{"ok": true}'), request=request).extracted == {"ok": True}
+
+
+@pytest.mark.parametrize("content", ["Sure! The answer is 42.", "[1, 2]", '{"a": 1', "", "```json\nnope\n```"])
+def test_bad_json_answer_is_transient_with_raw_text(server, content):
+    """An answer that is not a JSON object raises BadResponseError (retried) quoting the raw answer."""
+    with pytest.raises(errors.BadResponseError) as info:
+        call(server, body=answer(content), request=JSON_REQUEST)
+    assert info.value.retryable and info.value.status == 200
+    assert content in str(info.value)
+
+
+def test_bad_json_raw_text_is_truncated(server):
+    """A huge non-JSON answer is quoted only up to ~2000 characters in the error."""
+    with pytest.raises(errors.BadResponseError) as info:
+        call(server, body=answer("x" * 10_000), request=JSON_REQUEST)
+    assert "x" * 2000 in str(info.value) and len(str(info.value)) < 2300
+
+
+def test_mock_server_json_object_then_badjson_marker():
+    """Against the mock: JSON answers are extracted; [[badjson:1]] fails once with the raw text, then passes."""
+    from mpdistill.mockserver import MockServer
+    with MockServer() as mock:
+        api = make_client(Endpoint(name="mock", base_url=mock.url, api_key=KEY), 10.0)
+        request = {"model": "m1", "response_format": {"type": "json_object"}}   # no max_tokens: no cut
+        ok = complete(api, {**request, "messages": [{"role": "user", "content": "plain"}]})
+        assert ok.extracted["answer"].startswith("mock answer: plain")
+        marked = {**request, "messages": [{"role": "user", "content": "q [[badjson:1]]"}]}
+        with pytest.raises(errors.BadResponseError) as info:
+            complete(api, marked)
+        assert "raw answer: mock answer: q" in str(info.value)
+        assert complete(api, marked).extracted is not None
