@@ -90,6 +90,8 @@ def default_jobs(cfg: RunConfig) -> list[JobSpec]:
     """The single job of a plain run: the config's model, output and params."""
     params = {k: v for k, v in (("max_tokens", cfg.max_tokens), ("temperature", cfg.temperature)) if v is not None}
     params.update(cfg.params)
+    if cfg.response_format == "json":
+        params["response_format"] = {"type": "json_object"}
     return [JobSpec(cfg.name, cfg.model, cfg.output_path, params, cfg.system)]
 
 
@@ -98,7 +100,8 @@ def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None) -> tuple[J
     output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
     fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
     info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
-                   retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields))
+                   retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields),
+                   rounds=cfg.iterations != 1)
     job = Job(spec.alias, spec.model, Writer(output, errors, ckpt), ckpt, dict(spec.params), system=spec.system)
     return job, info
 
@@ -145,38 +148,68 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         job_list = [job for job, _ in opened]
         for job in job_list:
             stack.callback(job.writer.close)
-        done = sum(info.done for _, info in opened)
         for job, info in opened:
             line = _resume_line(job.alias, info, total, len(opened) > 1)
             if line:
                 announce(line)
-        if total is not None and done and all(info.done >= total for _, info in opened):
+        if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
-        is_done = lambda key: all(j.checkpoint.is_done(key) for j in job_list)
-        if source is not None:
-            row_iter = source.rows(_start_position(job_list), is_done=is_done)
-        else:
-            row_iter = _python_rows(rows, is_done)
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                           image_max_side=cfg.image_max_side, base_dir=base_dir)
-        all_total = total * len(job_list) if total is not None else None
-        bar = stack.enter_context(_progress_bar(cfg, all_total, done, progress))
-        runner = Runner(cfg, job_list, row_iter, KeyPool(list(cfg.endpoints)), spec, total=total,
-                        status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
-                        progress=bar, elapsed_before=max(j.checkpoint.elapsed for j in job_list))
-        state = "failed"
-        try:
-            state = runner.run()
-        finally:
-            bar.close()
-            summary = runner.summary(state, done)
-            summary["output"] = str(specs[0].output)
-            summary["errors"] = str(sibling(specs[0].output, ".errors.jsonl"))
-            _write_summary(sibling(specs[0].output, ".summary.json"), summary)
-        announce(format_summary(summary))
-        announce(f"Output: {summary['output']}  (errors: {summary['errors']}, "
-                 f"summary: {sibling(specs[0].output, '.summary.json')})")
+        keypool = KeyPool(list(cfg.endpoints))
+        summary = None
+        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce):
+            bar = _progress_bar(cfg, total * len(job_list) if total is not None else None,
+                                sum(j.checkpoint.processed_count for j in job_list), progress)
+            runner.progress = bar.__enter__()
+            state = "failed"
+            try:
+                state = runner.run()
+            finally:
+                bar.close()
+                summary = _finish(runner, state, specs, announce)
+            if state != "finished" or not runner.complete:
+                break
         return summary
+
+
+def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce):
+    """One Runner per round over the input: once, or --iterations times with --delay between."""
+    rounds = cfg.iterations != 1
+    number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if rounds else None
+    while True:
+        last = not rounds or (cfg.iterations and number >= cfg.iterations)
+        is_done = lambda key: all(j.checkpoint.is_done(key) for j in jobs)
+        if source is not None:
+            row_iter = source.rows(_start_position(jobs), is_done=is_done)
+        else:
+            row_iter = _python_rows(rows, is_done)
+        if rounds:
+            announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
+        yield Runner(cfg, jobs, row_iter, keypool, spec, total=total,
+                     status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
+                     elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last)
+        if last:
+            return
+        number += 1
+        if cfg.delay:
+            announce(f"Next round in {cfg.delay:g} s (Ctrl-C to stop; the checkpoint is saved)")
+            time.sleep(cfg.delay)
+
+
+def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
+    """Write and print the summary of one round (the whole run, usually)."""
+    done_before = runner.already_done
+    summary = runner.summary(state, done_before)
+    summary["output"] = str(specs[0].output)
+    summary["errors"] = str(sibling(specs[0].output, ".errors.jsonl"))
+    if runner.iteration is not None:
+        summary["iteration"] = runner.iteration
+    summary_path = sibling(specs[0].output, ".summary.json")
+    _write_summary(summary_path, summary)
+    announce(format_summary(summary))
+    announce(f"Output: {summary['output']}  (errors: {summary['errors']}, summary: {summary_path})")
+    return summary
 
 
 def _len(rows) -> int | None:

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_REPAIRED = 0, 1, 2, 3, 4
 EXIT_ABORTED, EXIT_INTERRUPTED = 75, 130
-COMMANDS = ("run", "status", "validate", "stop", "monitor", "mock-server", "checkpoints")
+COMMANDS = ("run", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +36,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     mode = p.add_argument_group("other modes (python run_multiprocess.py …)")
     mode.add_argument("--status", action="store_true", help="show the progress of a running or stopped run")
     mode.add_argument("--watch", action="store_true", help="with --status: refresh until interrupted")
+    mode.add_argument("--once", action="store_true", help="with monitor: print the panel once")
+    mode.add_argument("--interval", type=float, default=3.0, help="with --watch: seconds between refreshes")
+    mode.add_argument("--count-rows", action="store_true", help="with --status: count the output's rows")
     mode.add_argument("--validate", action="store_true", help="check (and repair) the output file")
     mode.add_argument("--emit-retry", metavar="FILE", help="with --validate: write the rows still to do to FILE")
     mode.add_argument("--stop", action="store_true", help="ask a running run to stop gracefully")
@@ -59,6 +62,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     api.add_argument("--system", help="system prompt for rows that have none")
     api.add_argument("--max-tokens", type=int)
     api.add_argument("--temperature", type=float)
+    api.add_argument("--response-format", choices=("text", "json"),
+                     help="json: ask for a JSON object and store it parsed as `extracted`")
     run = p.add_argument_group("running")
     run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
@@ -66,6 +71,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
     run.add_argument("--retry-max-delay", dest="retry_max", type=float, help="longest backoff in seconds (default 60)")
+    run.add_argument("--iterations", type=int, help="run the input N times (0: until stopped; default 1)")
+    run.add_argument("--delay", type=float, help="seconds between iterations")
     run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
     run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
     ck = p.add_argument_group("checkpoints and resume")
@@ -81,7 +88,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     return p
 
 
-_NOT_CONFIG = {"status", "watch", "validate", "emit_retry", "stop", "now", "config", "verbose"}
+_NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", "emit_retry", "stop", "now",
+               "config", "verbose"}
 
 
 def config_from_args(args: argparse.Namespace, env=None):
@@ -138,11 +146,13 @@ def _dispatch(argv: list[str], prog: str) -> int:
             return run_forever(rest)
         if command == "checkpoints":
             return checkpoints_command(rest)
+        if command == "export":
+            from .export import export_command
+            return export_command(rest)
         if command != "run":
             rest = [f"--{command}" if command != "monitor" else "--status", *rest]
             if command == "monitor" and "--once" not in rest:
                 rest.append("--watch")
-            rest = [a for a in rest if a != "--once"]
         return run_command(rest, prog)
     return run_command(argv, prog)
 
@@ -152,7 +162,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
     cfg = config_from_args(args)
     if args.status:
         from .monitor import status_command
-        return status_command(cfg, watch=args.watch)
+        return status_command(cfg, watch=args.watch and not args.once, once=args.once,
+                              interval=args.interval, count_rows=args.count_rows)
     if args.validate:
         from .validate import validate_command
         return validate_command(cfg, emit_retry=args.emit_retry)

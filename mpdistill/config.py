@@ -55,6 +55,9 @@ class RunConfig:
     endpoints_file: str | None = None
     mock: bool = False
     progress: bool = True
+    response_format: str = "text"   # text | json (ask for a JSON object, parse it into `extracted`)
+    iterations: int = 1          # rounds over the same input; 0 = until stopped
+    delay: float = 0.0           # seconds between rounds
 
     @property
     def name(self) -> str:
@@ -77,7 +80,7 @@ class RunConfig:
         """The settings that change answers: a resume with other values gets a warning."""
         return {"model": self.model, "system": self.system, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "params": dict(self.params),
-                "image_max_side": self.image_max_side}
+                "image_max_side": self.image_max_side, "response_format": self.response_format}
 
 
 def sibling(output: Path, suffix: str) -> Path:
@@ -199,6 +202,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.response_format not in ("text", "json"):
+        raise ConfigError(f"response_format must be text or json (got {cfg.response_format!r})")
+    if cfg.iterations < 0 or cfg.delay < 0:
+        raise ConfigError("iterations and delay must be >= 0")
     if cfg.max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0 (got {cfg.max_retries})")
     return cfg

@@ -106,6 +106,7 @@ def export_command(argv: list[str]) -> int:
     except OSError as err:
         print(f"mpdistill export: error: {err}", file=sys.stderr)
         return 1
+    skipped = f", {counts['skipped']} lines skipped" if counts["skipped"] else ""
     print(f"Exported {counts['rows']} rows to {args.per_item}: {counts['json']} in {JSON_DIR}/, "
-          f"{counts['thinking']} in {THINKING_DIR}/" + (f", {counts['skipped']} lines skipped" if counts["skipped"] else ""))
+          f"{counts['thinking']} in {THINKING_DIR}/{skipped}")
     return 0

@@ -28,10 +28,12 @@ def is_batch_output(obj: Any) -> bool:
     return isinstance(obj, dict) and "custom_id" in obj and "response" in obj and "error" in obj
 
 
-def custom_id_of(record: dict) -> str:
-    """The Batch `custom_id` of a row: the input line's custom_id, else the row id."""
-    value = record.get("custom_id")
-    return str(record.get("id") if value is None or value == "" else value)
+def custom_id_of(record: dict) -> str | None:
+    """The Batch `custom_id` of a row: its custom_id, else its id, else (an unreadable row) its line."""
+    for value in (record.get("custom_id"), record.get("id"), record.get("line")):
+        if value is not None and value != "":
+            return str(value)
+    return None
 
 
 def _digest(*parts: Any) -> str:

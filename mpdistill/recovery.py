@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_KEY = re.compile(rb'\{"line": (\d+)[,}]')
+_KEY = re.compile(rb'\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
 _CHUNK = 1 << 22
 
 
@@ -27,24 +27,38 @@ class Scan:
     keys: list[int] = field(default_factory=list)
     end_offset: int = 0
     bad_lines: int = 0
+    max_iteration: int = 0
     torn_backup: Path | None = None
 
 
 def line_key(line: bytes) -> int | None:
     """The row key of one output/errors line, or None if the line is not ours."""
+    found = line_key_iteration(line)
+    return None if found is None else found[0]
+
+
+def line_key_iteration(line: bytes) -> tuple[int, int | None] | None:
+    """(row key, iteration or None) of one output/errors line, or None if the line is not ours."""
     m = _KEY.match(line)
     if m:
-        return int(m.group(1))
+        return int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
     try:
         obj = json.loads(line)
     except ValueError:
         return None
-    key = obj.get("line") if isinstance(obj, dict) else None
-    return key if isinstance(key, int) and not isinstance(key, bool) else None
+    if not isinstance(obj, dict):
+        return None
+    key, iteration = obj.get("line"), obj.get("iteration")
+    if not isinstance(key, int) or isinstance(key, bool):
+        return None
+    return key, iteration if isinstance(iteration, int) else None
 
 
-def scan_file(path: Path, offset: int = 0) -> Scan:
-    """Keys of the complete lines of `path` from `offset`; a torn last line is backed up and cut."""
+def scan_file(path: Path, offset: int = 0, iteration: int | None = None) -> Scan:
+    """Keys of the complete lines of `path` from `offset`; a torn last line is backed up and cut.
+
+    With `iteration`, only lines of that round count (repeated runs of one input).
+    """
     scan = Scan(end_offset=offset)
     if not path.exists():
         return scan
@@ -56,11 +70,14 @@ def scan_file(path: Path, offset: int = 0) -> Scan:
             tail = lines.pop()
             for line in lines:
                 scan.end_offset += len(line) + 1
-                key = line_key(line) if line.strip() else None
-                if key is None and line.strip():
+                if not line.strip():
+                    continue
+                found = line_key_iteration(line)
+                if found is None:
                     scan.bad_lines += 1
-                elif key is not None:
-                    scan.keys.append(key)
+                elif iteration is None or found[1] == iteration:
+                    scan.keys.append(found[0])
+                scan.max_iteration = max(scan.max_iteration, found[1] or 0) if found else scan.max_iteration
     if tail:
         scan.torn_backup = cut_torn_tail(path, scan.end_offset)
     return scan

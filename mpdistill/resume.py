@@ -62,7 +62,7 @@ def check_input(ckpt: CheckpointManager, input_path: Path | None, restart_hint: 
 
 
 def reconcile(ckpt: CheckpointManager, output: Path, errors: Path, *, loaded: bool,
-              retry_failed: bool = False) -> int:
+              retry_failed: bool = False, iteration: int | None = None) -> int:
     """Mark every row the files hold beyond the checkpoint; returns how many were found."""
     if loaded and (_size(output) < ckpt.output_offset or _size(errors) < ckpt.errors_offset):
         log.warning("checkpoint %s claims more than %s holds; the output wins: rebuilding from it",
@@ -70,13 +70,13 @@ def reconcile(ckpt: CheckpointManager, output: Path, errors: Path, *, loaded: bo
         backup_file(ckpt.path)
         ckpt.reset()
     found = 0
-    out = scan_file(output, ckpt.output_offset)
+    out = scan_file(output, ckpt.output_offset, iteration)
     for key in out.keys:
         if not ckpt.is_done(key):
             ckpt.mark_done(key)
             ckpt.ok += 1
             found += 1
-    err = scan_file(errors, ckpt.errors_offset)
+    err = scan_file(errors, ckpt.errors_offset, iteration)
     if not retry_failed:
         for key in err.keys:
             if not ckpt.is_done(key):
@@ -91,7 +91,7 @@ def reconcile(ckpt: CheckpointManager, output: Path, errors: Path, *, loaded: bo
 
 
 def prepare(ckpt: CheckpointManager, output: Path, errors: Path, *, input_path: Path | None,
-            fingerprint: str, restart: bool, retry_failed: bool) -> ResumeInfo:
+            fingerprint: str, restart: bool, retry_failed: bool, rounds: bool = False) -> ResumeInfo:
     """Everything a job needs before its first request: the checkpoint, in line with the files."""
     if restart:
         start_over(output, errors, ckpt)
@@ -104,11 +104,32 @@ def prepare(ckpt: CheckpointManager, output: Path, errors: Path, *, input_path: 
         _retry_failed(ckpt, errors)
         loaded = False
     saved_at = ckpt.saved_at if loaded else None
-    recovered = reconcile(ckpt, output, errors, loaded=loaded, retry_failed=retry_failed)
+    iteration = current_round(ckpt, output, loaded) if rounds else None
+    recovered = reconcile(ckpt, output, errors, loaded=loaded, retry_failed=retry_failed, iteration=iteration)
+    if rounds:
+        ckpt.meta["iteration"] = iteration
     if input_path is not None and input_path.is_file():
         ckpt.meta["input_fingerprint"] = fingerprint_input(input_path)
     ckpt.meta["config_fingerprint"] = fingerprint
     return ResumeInfo(loaded, saved_at, ckpt.processed_count, recovered)
+
+
+def current_round(ckpt: CheckpointManager, output: Path, loaded: bool) -> int:
+    """The round a repeated run is in: the checkpoint's, else the last one the output shows."""
+    if loaded and ckpt.meta.get("iteration"):
+        return int(ckpt.meta["iteration"])
+    return max(1, scan_file(output, 0).max_iteration)
+
+
+def next_round(ckpt: CheckpointManager) -> int:
+    """A round is complete: forget its done rows, keep the file offsets, count the next round."""
+    keep = {name: getattr(ckpt, name) for name in ("output_offset", "errors_offset", "ok", "failed", "elapsed")}
+    meta = dict(ckpt.meta)
+    ckpt.reset()
+    for name, value in keep.items():
+        setattr(ckpt, name, value)
+    ckpt.meta = {**meta, "iteration": int(meta.get("iteration") or 1) + 1}
+    return ckpt.meta["iteration"]
 
 
 def _retry_failed(ckpt: CheckpointManager, errors: Path) -> None:

@@ -21,6 +21,7 @@ from . import retry
 from .checkpoint import CheckpointManager
 from .config import RunConfig
 from .control import check_stop
+from .resume import next_round
 from .errors import (AuthError, CheckpointError, ConnectError, MpdistillError, RateLimitError,
                      RunAbortedError, from_info)
 from .keypool import KeyPool
@@ -75,7 +76,8 @@ class Runner:
 
     def __init__(self, cfg: RunConfig, jobs: list[Job], rows: Iterator, keypool: KeyPool,
                  spec: WorkerSpec, *, total: int | None = None, status_file: Path | None = None,
-                 progress: Callable | None = None, elapsed_before: float = 0.0) -> None:
+                 progress: Callable | None = None, elapsed_before: float = 0.0,
+                 iteration: int | None = None, last_round: bool = True) -> None:
         self.cfg = cfg
         self.jobs = jobs
         self.rows = rows
@@ -87,6 +89,10 @@ class Runner:
         self.status_file = status_file
         self.progress = progress
         self.elapsed_before = elapsed_before
+        self.iteration = iteration            # the round of a repeated run (--iterations), else None
+        self.last_round = last_round
+        self.already_done = sum(j.checkpoint.processed_count for j in jobs)
+        self.complete = False                 # every row of the input (this round) is done
         self._ready: deque[Item] = deque()
         self._timers: list = []          # (due, seq, item): retries waiting out a backoff
         self._flights: dict[int, Flight] = {}
@@ -163,14 +169,17 @@ class Runner:
             self.pool.close(grace=1.0)
         complete = (self._exhausted and not self._limited and not self._stop and not self._abort
                     and self._idle())
+        self.complete = complete
         for job in self.jobs:
             self._save_checkpoint(job, clear=complete)
         self._write_status("finished" if complete else ("stopped" if self._stop else "aborted"))
 
     def _save_checkpoint(self, job: Job, clear: bool) -> None:
-        if clear:
+        if clear and self.last_round:
             job.checkpoint.clear()
             return
+        if clear:
+            next_round(job.checkpoint)
         job.checkpoint.elapsed = self.elapsed()
         try:
             job.checkpoint.save()
@@ -380,28 +389,32 @@ class Runner:
         log.warning("row %s (line %d) failed for good after %d attempt(s): %s", item.row.id,
                     item.row.key, item.attempts, err)
         job.writer.add_error(item.row.key, item.row.end_offset, {
-            "line": item.row.key, "id": item.row.id, "model": job.model,
-            "reason": str(err)[:1000], "error": type(err).__name__, "status": getattr(err, "status", None),
+            "line": item.row.key, **self._round(), "id": item.row.id, "model": job.model,
+            "reason": str(err)[:2500], "error": type(err).__name__, "status": getattr(err, "status", None),
             "attempts": item.attempts, "history": item.history, "failed_at": _now_iso()})
 
     # ---- records ----------------------------------------------------------------------------
 
     def _result_record(self, item: Item, c, latency: float, endpoint: str) -> dict:
         row = item.row
-        record = {"line": row.key, "id": row.id, "input_prompt": row.prompt, "images": list(row.images),
+        record = {"line": row.key, **self._round(), "id": row.id, "input_prompt": row.prompt, "images": list(row.images),
                   "answer": c.answer, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
                   "usage": c.usage, "model": c.model or self.jobs[item.job].model,
                   "latency_s": round(latency, 4), "attempts": item.attempts, "endpoint": endpoint,
                   "processed_at": _now_iso()}
+        if c.extracted is not None:
+            record["extracted"] = c.extracted
         if row.batch:
             record["custom_id"] = row.batch["custom_id"]
         for key, value in row.extra.items():
             record.setdefault(key, value)
         return record
 
-    @staticmethod
-    def _bad_row_record(row: BadRow) -> dict:
-        return {"line": row.key, "id": row.id, "reason": row.reason, "error": "RowFormatError",
+    def _round(self) -> dict:
+        return {} if self.iteration is None else {"iteration": self.iteration}
+
+    def _bad_row_record(self, row: BadRow) -> dict:
+        return {"line": row.key, **self._round(), "id": row.id, "reason": row.reason, "error": "RowFormatError",
                 "status": None, "attempts": 0, "history": [], "failed_at": _now_iso()}
 
     # ---- durability, health, status -----------------------------------------------------------

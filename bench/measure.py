@@ -1,0 +1,193 @@
+"""Measuring a command: wall time, CPU of its whole process tree, memory of the manager and its workers,
+and row rates read back from the output file's `processed_at` stamps.
+
+Linux /proc only; no psutil.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass
+class Memory:
+    """Peaks seen while a process tree ran, in MiB."""
+
+    manager_rss: float = 0.0       # highest VmRSS sample of the manager
+    manager_hwm: float = 0.0       # the manager's own VmHWM (kernel-kept peak), last value read
+    tree_rss: float = 0.0          # highest sum of VmRSS over manager + workers (counts shared pages 65×)
+    tree_pss: float | None = None  # highest sum of Pss (shared pages split between sharers), if readable
+    processes: int = 0             # most processes seen in the tree at once
+
+
+@dataclass
+class Run:
+    """What one command did."""
+
+    cmd: list[str]
+    rc: int
+    wall_s: float
+    cpu_s: float                    # user + system of the command and every descendant it reaped
+    output: str
+    memory: Memory | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _status_kb(pid: int, fields: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in fields:
+                    out[name] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _pss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (one pass over /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+class TreeSampler:
+    """Samples the memory of a process tree from a thread until stopped."""
+
+    def __init__(self, pid: int, every_s: float = 0.1, pss_every_s: float = 0.5) -> None:
+        self.pid = pid
+        self.every_s, self.pss_every_s = every_s, pss_every_s
+        self.memory = Memory()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> Memory:
+        self._stop.set()
+        self._thread.join()
+        return self.memory
+
+    def _run(self) -> None:
+        pss_at = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self._sample(with_pss=now - pss_at >= self.pss_every_s)
+            if now - pss_at >= self.pss_every_s:
+                pss_at = now
+            self._stop.wait(self.every_s)
+
+    def _sample(self, with_pss: bool) -> None:
+        m = self.memory
+        own = _status_kb(self.pid, ("VmRSS", "VmHWM"))
+        if not own:
+            return
+        m.manager_rss = max(m.manager_rss, own.get("VmRSS", 0) / 1024)
+        m.manager_hwm = max(m.manager_hwm, own.get("VmHWM", 0) / 1024)
+        tree = descendants(self.pid)
+        m.processes = max(m.processes, len(tree))
+        m.tree_rss = max(m.tree_rss, sum(_status_kb(p, ("VmRSS",)).get("VmRSS", 0) for p in tree) / 1024)
+        if with_pss:
+            pss = [_pss_kb(p) for p in tree]
+            if all(v is not None for v in pss):
+                m.tree_pss = max(m.tree_pss or 0.0, sum(pss) / 1024)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(cmd: list[str], *, cwd: Path | None = None, env: dict | None = None, sample: bool = False,
+        timeout: float = 900) -> Run:
+    """Run `cmd` to the end; CPU is that of its whole tree (workers are reaped by the manager,
+    so their time rolls up into ours when we reap it)."""
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sampler = TreeSampler(proc.pid).start() if sample else None
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    memory = sampler.stop() if sampler else None
+    return Run(cmd, proc.returncode, wall, _children_cpu() - cpu0,
+               out.decode("utf-8", "replace"), memory)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Row rates from the `processed_at` stamps of an output file."""
+
+    rows: int
+    steady: float | None        # rows/s between the 10% and the 90% row
+    first_to_last: float | None  # rows/s from the first row to the last
+
+
+def stamps(path: Path, field_name: str = "processed_at") -> list[float]:
+    """The `processed_at` times (epoch seconds) of every line of `path`, sorted."""
+    out = []
+    with open(path, "rb") as f:
+        for line in f:
+            value = json.loads(line).get(field_name)
+            if value:
+                out.append(datetime.fromisoformat(value).timestamp())
+    return sorted(out)
+
+
+def rates(times: list[float], lo: float = 0.10, hi: float = 0.90) -> Rates:
+    """Steady and first-to-last rates of sorted completion times."""
+    n = len(times)
+    if n < 10:
+        return Rates(n, None, None)
+    i, j = int(n * lo), int(n * hi) - 1
+    steady = (j - i) / (times[j] - times[i]) if times[j] > times[i] else None
+    whole = (n - 1) / (times[-1] - times[0]) if times[-1] > times[0] else None
+    return Rates(n, steady, whole)
+
+
+def loadavg() -> str:
+    """The 1-minute load average: others' work on this machine skews every timing."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
