@@ -15,18 +15,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+MB_PER_KB = 1024 / 1e6
 
 
 @dataclass
 class Memory:
-    """Peaks seen while a process tree ran, in MiB."""
+    """What was seen of a process tree while it ran: memory peaks in MB (10^6 bytes), CPU per process."""
 
+    root: int = 0                  # the manager's pid
     manager_rss: float = 0.0       # highest VmRSS sample of the manager
     manager_hwm: float = 0.0       # the manager's own VmHWM (kernel-kept peak), last value read
     tree_rss: float = 0.0          # highest sum of VmRSS over manager + workers (counts shared pages 65×)
     tree_pss: float | None = None  # highest sum of Pss (shared pages split between sharers), if readable
     processes: int = 0             # most processes seen in the tree at once
+    cpu_by_pid: dict = field(default_factory=dict)   # pid -> last CPU seconds seen (user + system)
+
+    @property
+    def manager_cpu(self) -> float:
+        """CPU seconds of the manager process (as last sampled)."""
+        return self.cpu_by_pid.get(self.root, 0.0)
+
+    @property
+    def workers_cpu(self) -> float:
+        """CPU seconds of every other process of the tree (as last sampled)."""
+        return sum(v for pid, v in self.cpu_by_pid.items() if pid != self.root)
 
 
 @dataclass
@@ -66,6 +78,20 @@ def _pss_kb(pid: int) -> int | None:
     return None
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` so far (threads included), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def descendants(root: int) -> list[int]:
     """`root` and every process below it (one pass over /proc/*/stat)."""
     children: dict[int, list[int]] = {}
@@ -93,7 +119,7 @@ class TreeSampler:
     def __init__(self, pid: int, every_s: float = 0.1, pss_every_s: float = 0.5) -> None:
         self.pid = pid
         self.every_s, self.pss_every_s = every_s, pss_every_s
-        self.memory = Memory()
+        self.memory = Memory(root=pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -120,15 +146,19 @@ class TreeSampler:
         own = _status_kb(self.pid, ("VmRSS", "VmHWM"))
         if not own:
             return
-        m.manager_rss = max(m.manager_rss, own.get("VmRSS", 0) / 1024)
-        m.manager_hwm = max(m.manager_hwm, own.get("VmHWM", 0) / 1024)
+        m.manager_rss = max(m.manager_rss, own.get("VmRSS", 0) * MB_PER_KB)
+        m.manager_hwm = max(m.manager_hwm, own.get("VmHWM", 0) * MB_PER_KB)
         tree = descendants(self.pid)
         m.processes = max(m.processes, len(tree))
-        m.tree_rss = max(m.tree_rss, sum(_status_kb(p, ("VmRSS",)).get("VmRSS", 0) for p in tree) / 1024)
+        for pid in tree:
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                m.cpu_by_pid[pid] = cpu
+        m.tree_rss = max(m.tree_rss, sum(_status_kb(p, ("VmRSS",)).get("VmRSS", 0) for p in tree) * MB_PER_KB)
         if with_pss:
             pss = [_pss_kb(p) for p in tree]
             if all(v is not None for v in pss):
-                m.tree_pss = max(m.tree_pss or 0.0, sum(pss) / 1024)
+                m.tree_pss = max(m.tree_pss or 0.0, sum(pss) * MB_PER_KB)
 
 
 def _children_cpu() -> float:
@@ -191,3 +221,29 @@ def loadavg() -> str:
         return Path("/proc/loadavg").read_text().split()[0]
     except OSError:
         return "?"
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)   # idle + iowait, total
+
+
+def busy(interval_s: float = 1.0) -> float:
+    """Share of all CPUs busy over the next `interval_s` (anyone's work, ours included)."""
+    idle0, total0 = _cpu_times()
+    time.sleep(interval_s)
+    idle1, total1 = _cpu_times()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
+    """Wait (up to `max_wait_s`) until the machine is mostly idle; returns the last busy share seen.
+
+    On a shared machine another job's tests halve every wall-clock figure; waiting for a quiet
+    moment is the cheapest way to keep the figures about mpdistill.
+    """
+    deadline = time.monotonic() + max_wait_s
+    share = busy()
+    while share > threshold and time.monotonic() < deadline:
+        share = busy()
+    return share

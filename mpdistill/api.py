@@ -55,12 +55,14 @@ def resolve_endpoints(cfg: RunConfig, env=None) -> tuple[Endpoint, ...]:
     return tuple(endpoints)
 
 
-def with_mock(cfg: RunConfig, stack: ExitStack, announce: Callable[[str], None]) -> RunConfig:
-    """No key and no endpoint: start the built-in mock endpoint (and the sample data if no input)."""
+def with_mock(cfg: RunConfig, stack: ExitStack, announce: Callable[[str], None],
+              others: tuple[Endpoint, ...] = (), models: list[str] | None = None) -> RunConfig:
+    """No key configured: start the built-in mock endpoint for the models no other endpoint serves."""
     from .mockserver import MockServer
     server = stack.enter_context(MockServer(reasoning=False, latency_ms=20))
-    changes = {"endpoints": (Endpoint("mock", server.url, "sk-mock-local", rpm=cfg.rpm, tpm=cfg.tpm),),
-               "mock": True}
+    mock = Endpoint("mock", server.url, "sk-mock-local", models=tuple(models) if others else (),
+                    rpm=cfg.rpm, tpm=cfg.tpm)
+    changes = {"endpoints": tuple(others) + (mock,), "mock": True}
     if cfg.model == RunConfig.model:
         changes["model"] = MOCK_MODEL
     announce(f"No API key configured: using the built-in mock endpoint at {server.url} "
@@ -84,6 +86,7 @@ class JobSpec:
     output: Path
     params: Mapping[str, Any] = field(default_factory=dict)
     system: str | None = None
+    prices: tuple[float | None, float | None] | None = None   # per million input / output tokens
 
 
 def default_jobs(cfg: RunConfig) -> list[JobSpec]:
@@ -95,14 +98,15 @@ def default_jobs(cfg: RunConfig) -> list[JobSpec]:
     return [JobSpec(cfg.name, cfg.model, cfg.output_path, params, cfg.system)]
 
 
-def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None) -> tuple[Job, ResumeInfo]:
-    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir)
+def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int = 1) -> tuple[Job, ResumeInfo]:
+    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir, start=start)
     output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
     fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
     info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
                    retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields),
                    rounds=cfg.iterations != 1)
-    job = Job(spec.alias, spec.model, Writer(output, errors, ckpt), ckpt, dict(spec.params), system=spec.system)
+    writer = Writer(output, errors, ckpt, output_format=cfg.output_format)
+    job = Job(spec.alias, spec.model, writer, ckpt, dict(spec.params), system=spec.system, prices=spec.prices)
     return job, info
 
 
@@ -118,11 +122,20 @@ def _resume_line(alias: str, info: ResumeInfo, total: int | None, many: bool) ->
 
 
 def _open_source(cfg: RunConfig, rows):
-    """(row iterator factory, total, input path, base dir) for a file input or Python rows."""
+    """(source, total, input path, base dir) for a JSONL file, a folder of numbered files, or Python rows."""
     if rows is not None:
         return None, _len(rows), None, None
-    source = JsonlSource(Path(cfg.input), max_line_bytes=cfg.max_line_bytes)
-    return source, source.count(), source.path, source.base_dir
+    path = Path(cfg.input)
+    if path.is_dir():
+        from .numbered import NumberedSource, read_template
+        template = read_template(cfg.template) if cfg.template else None
+        source = NumberedSource(path, pattern=cfg.pattern, start=cfg.start or 1, end=cfg.end,
+                                template=template, max_bytes=cfg.max_line_bytes)
+        return source, source.count(follow=cfg.follow), None, source.base_dir
+    if cfg.template or cfg.start is not None or cfg.end is not None:
+        raise ConfigError("--pattern/--start/--end/--template need -i to be a folder of numbered files")
+    source = JsonlSource(path, max_line_bytes=cfg.max_line_bytes)
+    return source, None if cfg.follow else source.count(), source.path, source.base_dir
 
 
 def _start_position(jobs: list[Job]):
@@ -134,17 +147,29 @@ def _start_position(jobs: list[Job]):
 
 
 def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpec] | None = None,
-        announce: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
-    """Run a whole job (one or several models over the same rows) and return its summary."""
+        job_endpoints: tuple[Endpoint, ...] = (), announce: Callable[[str], None] | None = None,
+        progress: bool | None = None) -> dict:
+    """Run a whole job (one or several models over the same rows) and return its summary.
+
+    `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
+    run's endpoints serve the rest, or the built-in mock when no key is configured at all.
+    """
     announce = announce or log.info
     with ExitStack() as stack:
         endpoints = () if cfg.mock else resolve_endpoints(cfg)
-        cfg = dataclasses.replace(cfg, endpoints=endpoints) if endpoints else with_mock(cfg, stack, announce)
+        if endpoints:
+            cfg = dataclasses.replace(cfg, endpoints=tuple(job_endpoints) + endpoints)
+        else:
+            unserved = [s.model for s in (jobs or default_jobs(cfg))
+                        if not any(e.serves(s.model) for e in job_endpoints)]
+            cfg = with_mock(cfg, stack, announce, job_endpoints, unserved) if unserved or not job_endpoints \
+                else dataclasses.replace(cfg, endpoints=tuple(job_endpoints))
         if rows is None:
             cfg = _with_input(cfg, announce)
         source, total, input_path, base_dir = _open_source(cfg, rows)
         specs = jobs or default_jobs(cfg)
-        opened = [_open_job(cfg, spec, input_path) for spec in specs]
+        first_key = getattr(source, "start", 1)
+        opened = [_open_job(cfg, spec, input_path, first_key) for spec in specs]
         job_list = [job for job, _ in opened]
         for job in job_list:
             stack.callback(job.writer.close)
@@ -181,12 +206,12 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
         last = not rounds or (cfg.iterations and number >= cfg.iterations)
         is_done = lambda key: all(j.checkpoint.is_done(key) for j in jobs)
         if source is not None:
-            row_iter = source.rows(_start_position(jobs), is_done=is_done)
+            row_iter = source.rows(_start_position(jobs), is_done=is_done, follow=cfg.follow)
         else:
             row_iter = _python_rows(rows, is_done)
         if rounds:
             announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
-        yield Runner(cfg, jobs, row_iter, keypool, spec, total=total,
+        yield Runner(cfg, jobs, row_iter, keypool, spec, total=total, source=source,
                      status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
                      elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last)
         if last:
@@ -205,11 +230,22 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
     summary["errors"] = str(sibling(specs[0].output, ".errors.jsonl"))
     if runner.iteration is not None:
         summary["iteration"] = runner.iteration
-    summary_path = sibling(specs[0].output, ".summary.json")
+    summary_path = _summary_path(specs)
     _write_summary(summary_path, summary)
     announce(format_summary(summary))
-    announce(f"Output: {summary['output']}  (errors: {summary['errors']}, summary: {summary_path})")
+    if len(specs) > 1:
+        announce("Outputs: " + ", ".join(str(s.output) for s in specs) + f"  (summary: {summary_path})")
+    else:
+        announce(f"Output: {summary['output']}  (errors: {summary['errors']}, summary: {summary_path})")
     return summary
+
+
+def _summary_path(specs: list[JobSpec]) -> Path:
+    """Beside the output; for several models, in the folder their outputs share."""
+    if len(specs) == 1:
+        return sibling(specs[0].output, ".summary.json")
+    common = Path(os.path.commonpath([str(s.output.resolve().parent) for s in specs]))
+    return common / "summary.json"
 
 
 def _len(rows) -> int | None:

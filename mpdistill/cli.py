@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_REPAIRED = 0, 1, 2, 3, 4
 EXIT_ABORTED, EXIT_INTERRUPTED = 75, 130
-COMMANDS = ("run", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export")
+COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export",
+            "split", "merge")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +48,12 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     io.add_argument("-i", "--input", help="input JSONL (default: config.py INPUT_FILE, else the bundled sample)")
     io.add_argument("-o", "--output", help="output JSONL; {model} is replaced (default output/{model}_results.jsonl)")
     io.add_argument("--limit", type=int, help="process at most N rows of the input")
+    io.add_argument("--follow", action="store_true", default=None,
+                    help="at the end of the input, wait for new rows / files until stopped")
+    io.add_argument("--pattern", help="with -i DIR: numbered file names, default report_{n}.txt")
+    io.add_argument("--start", type=int, help="with -i DIR: first number (default 1)")
+    io.add_argument("--end", type=int, help="with -i DIR: last number")
+    io.add_argument("--template", help="with -i DIR: prompt template file with {content}, {id}, {n}")
     io.add_argument("--max-line-bytes", type=int, help="longer input lines are error rows (default 20 MiB)")
     io.add_argument("--image-max-side", type=int, help="downscale local images to at most N pixels a side")
     io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
@@ -62,6 +69,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     api.add_argument("--system", help="system prompt for rows that have none")
     api.add_argument("--max-tokens", type=int)
     api.add_argument("--temperature", type=float)
+    io.add_argument("--output-format", choices=("mpdistill", "openai-batch"),
+                    help="openai-batch: write OpenAI Batch API output lines")
+    io.add_argument("--explode-samples", action="store_true", default=None,
+                    help="with n > 1: one output row per sample instead of a `samples` list")
     api.add_argument("--response-format", choices=("text", "json"),
                      help="json: ask for a JSON object and store it parsed as `extracted`")
     run = p.add_argument_group("running")
@@ -149,12 +160,31 @@ def _dispatch(argv: list[str], prog: str) -> int:
         if command == "export":
             from .export import export_command
             return export_command(rest)
+        if command in ("split", "merge"):
+            from . import splitmerge
+            return splitmerge.split_command(rest) if command == "split" else splitmerge.merge_command(rest)
+        if command == "run-task":
+            return run_task_command(rest, prog)
         if command != "run":
             rest = [f"--{command}" if command != "monitor" else "--status", *rest]
             if command == "monitor" and "--once" not in rest:
                 rest.append("--watch")
         return run_command(rest, prog)
     return run_command(argv, prog)
+
+
+def run_task_command(argv: list[str], prog: str) -> int:
+    """`run-task TASK.yaml [flags]`: the flags override the task file."""
+    if not argv or argv[0].startswith("-"):
+        print(f"{prog} run-task: error: give the task file first: run-task configs/tasks/NAME.yaml",
+              file=sys.stderr)
+        return EXIT_USAGE
+    args = run_parser(f"{prog} run-task").parse_args(argv[1:])
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env", override=False)
+    cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    from .taskrun import run_task
+    return _run(None, args.verbose, lambda announce: run_task(argv[0], cli, announce), name=Path(argv[0]).stem)
 
 
 def run_command(argv: list[str], prog: str = "mpdistill") -> int:
@@ -170,19 +200,20 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
     if args.stop:
         from .control import stop_command
         return stop_command(cfg, now=args.now)
-    return _run(cfg, args.verbose)
-
-
-def _run(cfg, verbose: bool) -> int:
     from . import api
+    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce))
+
+
+def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
+    """Set up logging, run `job(announce)`, map its summary to an exit code."""
     from .logs import setup_logging
-    secrets = [cfg.api_key] + [e.api_key for e in cfg.endpoints] + _env_secrets()
-    log_file = setup_logging(cfg.log_dir, _safe(cfg.name), secrets, verbose)
+    secrets = ([cfg.api_key] + [e.api_key for e in cfg.endpoints] if cfg else []) + _env_secrets()
+    log_file = setup_logging(cfg.log_dir if cfg else "logs", _safe(name or cfg.name), secrets, verbose)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
     if log_file:
         log.info("log file %s", log_file)
     try:
-        summary = api.run(cfg, announce=lambda m: (say(m), log.info(m)))
+        summary = job(lambda m: (say(m), log.info(m)))
     except (MpdistillError, KeyboardInterrupt):
         raise
     except Exception:
@@ -192,7 +223,7 @@ def _run(cfg, verbose: bool) -> int:
     if summary["state"] == "interrupted":
         say("Interrupted: checkpoint saved; run the same command again to resume.")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED_ROWS if summary["failed"] else EXIT_OK
+    return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
 
 
 def _env_secrets() -> list[str]:

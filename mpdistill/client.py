@@ -41,6 +41,7 @@ class Completion:
     model: str | None
     headers: dict = field(default_factory=dict)   # x-ratelimit-*, retry-after(-ms), lower-cased
     extracted: dict | None = None                 # the parsed answer of a JSON-format request
+    samples: tuple | None = None                  # every choice when the request asked for n > 1
 
 
 def make_client(endpoint: Endpoint, timeout: float) -> openai.OpenAI:
@@ -147,7 +148,21 @@ def parse_response(status: int, body: bytes, headers: Mapping[str, str]) -> Comp
     usage = data.get("usage")
     return Completion(answer=answer, reasoning=reasoning, finish_reason=choice.get("finish_reason"),
                       usage=usage if isinstance(usage, dict) else None,
-                      model=data.get("model"), headers=kept)
+                      model=data.get("model"), headers=kept, samples=_samples(data))
+
+
+def _samples(data: dict) -> tuple | None:
+    """All choices as (answer, reasoning, finish_reason) dicts, when there is more than one."""
+    choices = data.get("choices")
+    if len(choices) < 2:
+        return None
+    out = []
+    for c in choices:
+        message = c.get("message") if isinstance(c, dict) else None
+        answer, reasoning = split_reasoning(message) if isinstance(message, dict) else (None, None)
+        out.append({"answer": answer, "reasoning": reasoning,
+                    "finish_reason": c.get("finish_reason") if isinstance(c, dict) else None})
+    return tuple(out)
 
 
 def error_for_status(status: int, message: str, headers: Mapping[str, str] | None = None) -> CallError:

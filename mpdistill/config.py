@@ -55,7 +55,14 @@ class RunConfig:
     endpoints_file: str | None = None
     mock: bool = False
     progress: bool = True
+    output_format: str = "mpdistill"  # mpdistill | openai-batch
+    explode_samples: bool = False     # n > 1: one output row per sample
     response_format: str = "text"   # text | json (ask for a JSON object, parse it into `extracted`)
+    pattern: str = "report_{n}.txt"  # -i DIR: numbered files, one row each
+    start: int | None = None
+    end: int | None = None
+    template: str | None = None      # prompt template file with {content}, {id}, {n}
+    follow: bool = False             # keep waiting for new rows / files until stopped
     iterations: int = 1          # rounds over the same input; 0 = until stopped
     delay: float = 0.0           # seconds between rounds
 
@@ -202,6 +209,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.output_format not in ("mpdistill", "openai-batch"):
+        raise ConfigError(f"output_format must be mpdistill or openai-batch (got {cfg.output_format!r})")
     if cfg.response_format not in ("text", "json"):
         raise ConfigError(f"response_format must be text or json (got {cfg.response_format!r})")
     if cfg.iterations < 0 or cfg.delay < 0:

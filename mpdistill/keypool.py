@@ -35,6 +35,7 @@ SLOW_GROWTH = 0.0025
 NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
 DECREASE_GAP_S = 1.0     # 429s of one burst (requests already in flight) cut the rate once
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
+RECENT_S = 1.0           # successes of the last second: a floor for the rate the server admits
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
 HINT_MAX_S = 3600.0      # server hints (Retry-After, reset headers) are honoured up to an hour
 _EPS = 1e-9
@@ -83,13 +84,20 @@ class _Bucket:
 
 
 class _Meter:
-    """Events of the last minute in one-second bins: an observed rate without a timestamp per event."""
+    """Events of the last minute in one-second bins: an observed rate without a timestamp per event.
+
+    The last RECENT_S seconds are also kept exactly: the rate just before a 429, which the minute's
+    average understates after a slow start (workers still starting, a cooldown).
+    """
 
     def __init__(self) -> None:
         self._bins: deque[list] = deque()
         self._start: float | None = None
+        self._recent: deque[float] = deque()
 
     def add(self, now: float) -> None:
+        self._recent.append(now)
+        self._trim(now)
         second = math.floor(now)
         if self._start is None:
             self._start = now
@@ -97,6 +105,14 @@ class _Meter:
             self._bins[-1][1] += 1
         else:
             self._bins.append([second, 1])
+
+    def recent_rpm(self, now: float) -> float:
+        self._trim(now)
+        return len(self._recent) * 60.0 / RECENT_S
+
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0] <= now - RECENT_S:
+            self._recent.popleft()
 
     def rpm(self, now: float) -> float:
         while self._bins and self._bins[0][0] <= now - 61:
@@ -285,11 +301,15 @@ class KeyPool:
     # -- adaptive rate (AIMD) -------------------------------------------------------------------
 
     def _decrease(self, st: _State, now: float) -> None:
-        """Multiplicative decrease, once per burst; an unconfigured endpoint starts from its observed rate."""
+        """Multiplicative decrease, once per burst, from the lower of the limit and the observed rate.
+
+        Observed: the minute's send rate or, when higher, the last second's successes (the minute's average
+        understates the rate after a slow start and would cut far below what the server admits).
+        """
         if now < st.no_decrease_until:
             return
-        sent = max(MIN_RPM, st.sent.rpm(now))
-        before = sent if st.current_rpm is None else min(st.current_rpm, sent)
+        observed = max(MIN_RPM, st.sent.rpm(now), st.oks.recent_rpm(now))
+        before = observed if st.current_rpm is None else min(st.current_rpm, observed)
         st.w_max = before
         self._set_rpm(st, max(MIN_RPM, before * DECREASE), now)
         st.no_decrease_until = max(now + DECREASE_GAP_S, st.rate_until)
@@ -320,15 +340,23 @@ class KeyPool:
         else:
             st.requests.set_rate(rpm, now)
 
+    def _interval(self, st: _State) -> float:
+        """One request's share of the current rate (at most the base cooldown)."""
+        return min(self._base, 60.0 / st.current_rpm) if st.current_rpm else self._base
+
     def _read_headers(self, st: _State, headers: Mapping, now: float) -> None:
-        """x-ratelimit-remaining-* of 0 holds the endpoint until x-ratelimit-reset-* (OpenAI style)."""
+        """x-ratelimit-remaining-* of 0 holds the endpoint until x-ratelimit-reset-* (OpenAI style).
+
+        Without a reset header the hold is one request interval: a sliding window frees a slot soon, and a
+        full second's hold on every exhausted window would halve the throughput near the limit.
+        """
         lower = {str(k).lower(): v for k, v in headers.items()}
         for kind in ("requests", "tokens"):
             remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is None or remaining > 0:
                 continue
             reset = _duration(lower.get(f"x-ratelimit-reset-{kind}"))
-            hold = min(reset, HINT_MAX_S) if reset is not None else self._base
+            hold = min(reset, HINT_MAX_S) if reset is not None else self._interval(st)
             st.rate_until = max(st.rate_until, now + hold)
             if st.requests is not None:
                 st.requests.hold(st.rate_until)

@@ -441,10 +441,10 @@ class _Responder:
         used = prompt_tokens(request["messages"])
         return {"id": f"chatcmpl-mock-{n}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "system_fingerprint": "mpdistill-mock",
-                "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                             "logprobs": None}],
-                "usage": {"prompt_tokens": used, "completion_tokens": tokens,
-                          "total_tokens": used + tokens}}
+                "choices": [{"index": i, "message": _sample(message, i), "finish_reason": finish,
+                             "logprobs": None} for i in range(_samples(request))],
+                "usage": {"prompt_tokens": used, "completion_tokens": tokens * _samples(request),
+                          "total_tokens": used + tokens * _samples(request)}}
 
     def _content(self, n: int, request: dict, text: str, images: int, markers: Markers) -> str:
         if markers.echo_params:
@@ -460,3 +460,16 @@ class _Responder:
 def _bearer(headers: dict) -> str | None:
     auth = headers.get("authorization", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+def _samples(request: dict) -> int:
+    """How many choices the request asks for (`n`), at least 1."""
+    n = request.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def _sample(message: dict, index: int) -> dict:
+    """Choice `index`: the first is the plain answer, later ones say which sample they are."""
+    if index == 0 or not isinstance(message.get("content"), str):
+        return message
+    return {**message, "content": f"{message['content']} (sample {index + 1})"}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ConfigError, InputFileError
-from .source import IDLE, BadRow, Blank, Idle, Row, _with_system
+from .source import IDLE, BadRow, Blank, Idle, Row, with_system
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class NumberedSource:
         self.base_dir = str(self.directory.resolve())
         self.last_number: int | None = None   # the last number handed out
         self.waiting_for: str | None = None   # follow mode: the file name we are waiting for
-        self._highest: int | None = None
+        self._highest: tuple[int | None] | None = None   # (highest,) once scanned
         self._unchanged: tuple | None = None  # ((n, size, mtime_ns), first seen): the quiet rule
         self._later: tuple | None = None      # (m, first seen): the settle rule
         self._scanned: tuple | None = None    # (directory mtime_ns, next scan allowed at)
@@ -134,25 +134,22 @@ class NumberedSource:
     def _last(self) -> int | None:
         """The highest existing number in [start, end]: one scan of the directory, then cached."""
         if self._highest is None:
-            numbers = self._numbers(self.start - 1, self.end)
-            self._highest = max(numbers, default=None)
-            if self._highest is None:
+            self._highest = (max(self._numbers(self.start - 1, self.end), default=None),)
+            if self._highest[0] is None:
                 log.warning("no file in %s matches %r from number %d", self.directory,
                             self.pattern.pattern, self.start)
-        return self._highest
+        return self._highest[0]
 
-    def _numbers(self, above: int, upto: int | None) -> list[int]:
-        """The numbers n with above < n <= upto that have a file (one directory scan)."""
-        found = []
+    def _numbers(self, above: int, upto: int | None) -> Iterator[int]:
+        """The numbers n with above < n <= upto that have a file (one directory scan, streamed)."""
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
                     n = self.pattern.number(entry.name)
                     if n is not None and n > above and (upto is None or n <= upto):
-                        found.append(n)
+                        yield n
         except OSError as err:
             raise InputFileError(f"cannot list input directory {self.directory}: {err.strerror}") from err
-        return found
 
     # ---- rows -------------------------------------------------------------------------------
 
@@ -210,7 +207,7 @@ class NumberedSource:
         if not content.strip():
             return BadRow(n, rid, f"{name} is empty", _NO_OFFSET)
         prompt = fill_template(self.template, content=content, id=rid, n=n)
-        messages = _with_system([{"role": "user", "content": prompt}], self.system)
+        messages = with_system([{"role": "user", "content": prompt}], self.system)
         return Row(n, rid, {"messages": messages}, prompt, (), {"n": n, "file": name}, _NO_OFFSET)
 
     # ---- follow-mode rules ------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .errors import (AuthError, CheckpointError, ConnectError, MpdistillError, R
                      RunAbortedError, from_info)
 from .keypool import KeyPool
 from .pool import WorkerPool
-from .source import BadRow, Blank, Row
+from .source import BadRow, Blank, Idle, Row
 from .stats import ModelStats, RateMeter, build_summary
 from .status import write_status
 from .worker import Task, WorkerSpec
@@ -47,9 +47,13 @@ class Job:
     checkpoint: CheckpointManager
     params: dict = field(default_factory=dict)
     system: str | None = None
+    prices: tuple | None = None    # per million input / output tokens, for the cost in the summary
     stats: ModelStats = field(default_factory=ModelStats)
     seen_ok: int = 0          # durable rows already counted in progress
     seen_failed: int = 0
+
+    def __post_init__(self) -> None:
+        self.stats.prices = self.prices
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Runner:
     def __init__(self, cfg: RunConfig, jobs: list[Job], rows: Iterator, keypool: KeyPool,
                  spec: WorkerSpec, *, total: int | None = None, status_file: Path | None = None,
                  progress: Callable | None = None, elapsed_before: float = 0.0,
-                 iteration: int | None = None, last_round: bool = True) -> None:
+                 iteration: int | None = None, last_round: bool = True, source=None) -> None:
         self.cfg = cfg
         self.jobs = jobs
         self.rows = rows
@@ -93,6 +97,8 @@ class Runner:
         self.last_round = last_round
         self.already_done = sum(j.checkpoint.processed_count for j in jobs)
         self.complete = False                 # every row of the input (this round) is done
+        self.source = source                  # for status: numbered-file position, what --follow waits for
+        self._waiting_input = False
         self._ready: deque[Item] = deque()
         self._timers: list = []          # (due, seq, item): retries waiting out a backoff
         self._flights: dict[int, Flight] = {}
@@ -175,6 +181,8 @@ class Runner:
         self._write_status("finished" if complete else ("stopped" if self._stop else "aborted"))
 
     def _save_checkpoint(self, job: Job, clear: bool) -> None:
+        if getattr(self.source, "last_number", None) is not None:
+            job.checkpoint.meta["last_number"] = self.source.last_number
         if clear and self.last_round:
             job.checkpoint.clear()
             return
@@ -274,8 +282,15 @@ class Runner:
                 self._exhausted = self._limited = True
                 return None
             entry = next(self.rows, None)
+            if isinstance(entry, Idle):
+                self._waiting_input = True   # --follow: nothing new yet; ask again next loop
+                return None
+            self._waiting_input = False
             if entry is None:
                 self._exhausted = True
+                if getattr(self.source, "follow_stopped", None):
+                    self._stop_by_request = True
+                    self.request_stop(f"stopped following the input: {self.source.follow_stopped}")
                 return None
             if isinstance(entry, Blank):
                 for job in self.jobs:
@@ -323,8 +338,16 @@ class Runner:
         job.stats.ok += 1
         job.stats.latency.add(outcome.latency_s)
         job.stats.add_usage(c.usage)
-        job.writer.add_result(item.row.key, item.row.end_offset,
-                              self._result_record(item, c, outcome.latency_s, flight.endpoint))
+        record = self._result_record(item, c, outcome.latency_s, flight.endpoint)
+        job.writer.add_result(item.row.key, item.row.end_offset, self._with_samples(record, c.samples))
+
+    def _with_samples(self, record: dict, samples) -> dict | list[dict]:
+        """n > 1: keep every sample in one row (`samples`), or one row per sample (--explode-samples)."""
+        if not samples:
+            return record
+        if not self.cfg.explode_samples:
+            return {**record, "samples": list(samples)}
+        return [{**record, **sample, "sample": i} for i, sample in enumerate(samples)]
 
     def _failed(self, flight: Flight, err) -> None:
         item = flight.item
@@ -391,7 +414,8 @@ class Runner:
         job.writer.add_error(item.row.key, item.row.end_offset, {
             "line": item.row.key, **self._round(), "id": item.row.id, "model": job.model,
             "reason": str(err)[:2500], "error": type(err).__name__, "status": getattr(err, "status", None),
-            "attempts": item.attempts, "history": item.history, "failed_at": _now_iso()})
+            "attempts": item.attempts, "history": item.history, "failed_at": _now_iso(),
+            **({"custom_id": item.row.batch["custom_id"]} if item.row.batch else {})})
 
     # ---- records ----------------------------------------------------------------------------
 
@@ -452,8 +476,15 @@ class Runner:
         now = time.monotonic()
         if now - self._status_at >= STATUS_EVERY_S:
             self._status_at = now
-            self._write_status("stopping" if self._stop else "running")
+            self._write_status(self._live_state())
             self._check_stop_file()
+
+    def _live_state(self) -> str:
+        if self._stop:
+            return "stopping"
+        if self._waiting_input and not self._flights and not self._ready and not self._timers:
+            return "waiting for input"
+        return "running"
 
     def _check_stop_file(self) -> None:
         if self.status_file is None:
@@ -483,7 +514,15 @@ class Runner:
                 "elapsed_s": round(self.elapsed(), 3),
                 "models": {j.alias: {"done": j.checkpoint.processed_count, "ok": j.checkpoint.ok,
                                      "failed": j.checkpoint.failed} for j in self.jobs},
-                "workers": workers, "endpoints": self.keypool.snapshot()}
+                "workers": workers, "endpoints": self.keypool.snapshot(), **self._source_status()}
+
+    def _source_status(self) -> dict:
+        """Numbered-file runs: the range and the last number handed out; what --follow waits for."""
+        src = self.source
+        if src is None or not hasattr(src, "last_number"):
+            return {}
+        return {"start_number": src.start, "current_number": src.last_number,
+                "end_number": src.end, "waiting_for": getattr(src, "waiting_for", None)}
 
     def _write_status(self, state: str) -> None:
         if self.status_file is None:
@@ -494,9 +533,11 @@ class Runner:
             log.warning("cannot write status file %s: %s", self.status_file, err)
 
     def summary(self, state: str, already_done: int) -> dict:
-        return build_summary({j.alias: j.stats for j in self.jobs}, elapsed=time.monotonic() - self._started,
-                             endpoints=self.keypool.snapshot(), state=state, already_done=already_done,
-                             outputs={j.alias: str(j.writer.output_path) for j in self.jobs})
+        summary = build_summary({j.alias: j.stats for j in self.jobs}, elapsed=time.monotonic() - self._started,
+                                endpoints=self.keypool.snapshot(), state=state, already_done=already_done,
+                                outputs={j.alias: str(j.writer.output_path) for j in self.jobs})
+        summary["failed_total"] = sum(j.checkpoint.failed for j in self.jobs)  # earlier runs included
+        return summary
 
 
 def _now_iso() -> str:

@@ -142,7 +142,7 @@ def row_from_object(key: int, obj, system: str | None, end_offset: int | None = 
     row_system = obj.get("system", system)
     if "messages" in obj:
         messages = _check_messages(key, obj["messages"])
-        messages = _with_system(messages, row_system)
+        messages = with_system(messages, row_system)
         if images:
             messages = _attach_images(messages, images)
         return Row(key, rid, {"messages": messages}, _last_user_text(messages), tuple(images), extra, end_offset)
@@ -150,7 +150,7 @@ def row_from_object(key: int, obj, system: str | None, end_offset: int | None = 
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowFormatError(f"line {key}: no prompt or messages")
     content = prompt if not images else [{"type": "text", "text": prompt}] + _image_parts(images)
-    messages = _with_system([{"role": "user", "content": content}], row_system)
+    messages = with_system([{"role": "user", "content": content}], row_system)
     return Row(key, rid, {"messages": messages}, prompt, tuple(images), extra, end_offset)
 
 
@@ -158,7 +158,7 @@ def _batch_row(key, rid, obj, system, extra, end_offset) -> Row:
     body = obj["body"]
     if not isinstance(body, dict):
         raise RowFormatError(f"line {key}: batch line body must be an object")
-    messages = _with_system(_check_messages(key, body.get("messages")), system)
+    messages = with_system(_check_messages(key, body.get("messages")), system)
     params = {k: v for k, v in body.items() if k not in ("messages", "model")}
     batch = {"custom_id": obj["custom_id"], "method": obj.get("method", "POST"),
              "url": obj.get("url", "/v1/chat/completions")}
@@ -175,7 +175,8 @@ def _check_messages(key: int, messages) -> list:
     return messages
 
 
-def _with_system(messages: list, system: str | None) -> list:
+def with_system(messages: list, system: str | None) -> list:
+    """`messages` with a system message first, unless there is one already or `system` is empty."""
     if system and not any(m.get("role") == "system" for m in messages):
         return [{"role": "system", "content": system}] + messages
     return messages
@@ -216,6 +217,7 @@ class JsonlSource:
         self.system = system
         self.max_line_bytes = max_line_bytes
         self.base_dir = str(self.path.resolve().parent)
+        self.follow_stopped: str | None = None   # why following ended early: removed, replaced, …
         if not self.path.is_file():
             raise InputFileError(f"input file not found: {self.path}")
 
@@ -245,9 +247,11 @@ class JsonlSource:
             while True:
                 line = lines.read()
                 if line is None:
-                    if not follow or self._stop_following(f, lines, anchor):
+                    if not follow:
                         return
                     yield IDLE
+                    if self._stop_following(f, lines, anchor):  # checked before any new byte is used
+                        return
                     continue
                 raw, too_long = line
                 anchor = b"\n"  # in follow mode every line read is complete
@@ -268,6 +272,7 @@ class JsonlSource:
     def _stop_following(self, f, lines: _LineReader, anchor: bytes) -> bool:
         """True (with a warning) if the file we follow is no longer the file we have been reading."""
         change = _file_change(self.path, f.fileno(), lines.offset, lines.position, anchor)
+        self.follow_stopped = change
         if change:
             log.warning("input %s was %s while being followed; stopping at byte %d "
                         "(rows read so far are kept)", self.path, change, lines.offset)

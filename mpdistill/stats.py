@@ -70,6 +70,13 @@ class ModelStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    prices: tuple | None = None      # (per million input tokens, per million output tokens)
+
+    def cost(self) -> float | None:
+        if not self.prices or self.prices == (None, None):
+            return None
+        price_in, price_out = self.prices
+        return (self.prompt_tokens * (price_in or 0) + self.completion_tokens * (price_out or 0)) / 1e6
 
     def add_usage(self, usage: dict | None) -> None:
         if usage:
@@ -84,6 +91,7 @@ class ModelStats:
             "latency_mean_s": _round(self.latency.mean), "latency_p95_s": _round(self.latency.percentile(95)),
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost": None if self.cost() is None else round(self.cost(), 6),
         }
 
 
@@ -104,6 +112,8 @@ def build_summary(per_model: dict[str, ModelStats], *, elapsed: float, endpoints
         total.latency.total += s.latency.total
         total.latency.counts = [a + b for a, b in zip(total.latency.counts, s.latency.counts)]
     figures = total.as_dict()
+    costs = [s.cost() for s in per_model.values() if s.cost() is not None]
+    figures["cost"] = round(sum(costs), 6) if costs else None
     done = figures["total"]
     return {
         "state": state, **figures, "already_done": already_done,

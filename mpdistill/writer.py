@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointManager
 from .errors import MpdistillError, OutputError
+from .formats import error_to_batch_output, to_batch_output
 
 
 def encode_line(record: dict) -> bytes:
@@ -74,7 +75,9 @@ class Writer:
     """Appends result lines to the output and failure lines to the errors file, durably,
     then acknowledges the rows to the checkpoint (the only code that marks rows done)."""
 
-    def __init__(self, output: Path, errors: Path, checkpoint: CheckpointManager) -> None:
+    def __init__(self, output: Path, errors: Path, checkpoint: CheckpointManager,
+                 output_format: str = "mpdistill") -> None:
+        self._format = output_format      # mpdistill, or openai-batch (Batch API output lines)
         self._out = _File(Path(output))
         self._err = _File(Path(errors))
         self.checkpoint = checkpoint
@@ -89,14 +92,20 @@ class Writer:
 
     # ---- the manager's side ---------------------------------------------------------------
 
-    def add_result(self, key: int, end_offset: int | None, record: dict) -> None:
-        line = encode_line(record)
+    def add_result(self, key: int, end_offset: int | None, record: dict | list[dict]) -> None:
+        """The answer of row `key`: one record, or several lines (one per sample) written together."""
+        records = record if isinstance(record, list) else [record]
+        if self._format == "openai-batch":
+            records = [to_batch_output(r) for r in records]
+        lines = b"".join(encode_line(r) for r in records)
         with self._cv:
-            self._batch.out_lines.append(line)
+            self._batch.out_lines.append(lines)
             self._batch.out_keys.append((key, end_offset))
             self._cv.notify()
 
     def add_error(self, key: int, end_offset: int | None, record: dict) -> None:
+        if self._format == "openai-batch":
+            record = error_to_batch_output(record)
         line = encode_line(record)
         with self._cv:
             self._batch.err_lines.append(line)

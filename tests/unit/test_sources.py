@@ -127,13 +127,14 @@ def test_follow_stops_when_the_file_is_truncated(tmp_path, caplog):
     """With follow, a file cut shorter than what was read ends the iterator with a warning."""
     path = tmp_path / "in.jsonl"
     path.write_bytes(line("a") + line("b"))
-    rows = JsonlSource(path).rows(follow=True)
+    source = JsonlSource(path)
+    rows = source.rows(follow=True)
     assert ids([next(rows), next(rows), next(rows)]) == ["a", "b", "IDLE"]
     with open(path, "r+b") as f:
         f.truncate(3)
     with caplog.at_level(logging.WARNING, logger="mpdistill.source"):
         assert list(rows) == []
-    assert "truncated" in caplog.text
+    assert "truncated" in caplog.text and source.follow_stopped == "truncated"
 
 
 def test_follow_stops_when_the_file_is_replaced(tmp_path, caplog):
