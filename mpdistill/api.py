@@ -20,6 +20,7 @@ from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig, sibling
 from .endpoint import Endpoint
 from .endpoints import endpoints_from_env, load_endpoints, select_pool
 from .errors import ConfigError
+from .fsutil import atomic_write
 from .keypool import KeyPool
 from .resume import ResumeInfo, config_fingerprint, prepare
 from .runner import Job, Runner
@@ -273,10 +274,7 @@ def _python_rows(rows: Iterable[dict], is_done):
 
 def _write_summary(path: Path, summary: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(summary, indent=2, default=str).encode())
     except OSError as err:
         log.warning("cannot write the summary %s: %s", path, err)
 

@@ -13,12 +13,12 @@ import os
 import pickle
 import re
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from mpdistill.errors import CheckpointError
+from mpdistill.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -139,33 +139,6 @@ def _check_position(value: Any, path: Path) -> tuple[int, int] | None:
     raise CheckpointError(f"checkpoint {path}: input_position is not (next_key, byte_offset)")
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class CheckpointManager:
     """The done keys of one run (watermark + sparse set), its offsets and counters, and their file."""
 
@@ -272,7 +245,7 @@ class CheckpointManager:
         previous, self.saved_at = self.saved_at, time.time()
         data = pickle.dumps(self.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            _atomic_write(self.path, data)
+            atomic_write(self.path, data, mode=0o600, dir_mode=0o700)
         except OSError as err:
             self.saved_at = previous
             raise CheckpointError(f"cannot save checkpoint {self.path}: {err}") from err

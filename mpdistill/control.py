@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
+from .fsutil import atomic_write
 from .status import find_statuses, live_state, read_status
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,7 @@ def stop_path(status_file: Path) -> Path:
 
 def write_stop(status_file: Path, pid: int, now: bool = False) -> Path:
     path = stop_path(status_file)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "now": now, "requested_at": time.time()}))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"pid": pid, "now": now, "requested_at": time.time()}).encode())
     return path
 
 

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
 
+from .fsutil import atomic_write
 from .errors import ConfigError, InputFileError, MpdistillError, OutputError
 from .formats import is_batch_output
 
@@ -100,7 +101,7 @@ def split_file(input: str | os.PathLike, chunks: int, out_dir: str | os.PathLike
     _check_previous(out, manifest)
     out.mkdir(parents=True, exist_ok=True)
     paths = _write_chunks(src, out, manifest["files"])
-    _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     log.info("split %s (%d lines) into %d chunks in %s", src, lines, chunks, out)
     return paths
 
@@ -328,7 +329,7 @@ def merge_dir(dir: str | os.PathLike, models: list[str] | None = None, merge_err
              "models": {a: m.as_dict(directory / MERGED / a / "results.jsonl",
                                      directory / MERGED / a / "results.errors.jsonl" if merge_errors else None)
                         for a, m in merges.items()}}
-    _write_atomic(directory / MERGED / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+    atomic_write(directory / MERGED / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
     return stats
 
 
@@ -388,11 +389,6 @@ def count_missing(path: Path, merges: dict[str, ModelMerge]) -> None:
 def _sync(f) -> None:
     f.flush()
     os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    with _AtomicFile(path) as f:
-        f.write(data)
 
 
 class _AtomicFile:

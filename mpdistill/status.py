@@ -9,6 +9,8 @@ import time
 import unicodedata
 from pathlib import Path
 
+from .fsutil import atomic_write
+
 STALE_AFTER_S = 15.0
 LIVE_STATES = ("running", "stopping", "waiting for input")
 ELLIPSIS = "..."   # ASCII: "…" is double width in CJK terminals, which would break the layout
@@ -19,11 +21,9 @@ def status_path(checkpoint_dir: str | Path, safe_run_name: str) -> Path:
 
 
 def write_status(path: Path, status: dict) -> None:
-    """Replace the status file atomically, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, indent=1, default=str))
-    os.replace(tmp, path)
+    """Replace the status file atomically, so a reader never sees half of it (no fsync: it is
+    rewritten every second and only informative)."""
+    atomic_write(path, json.dumps(status, indent=1, default=str).encode(), durable=False)
 
 
 def read_status(path: Path) -> dict | None:

@@ -12,7 +12,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Iterable, Iterator
 from .checkpoint import CheckpointManager
 from .config import RunConfig
 from .errors import InputFileError, OutputError
+from .fsutil import atomic_write
 from .recovery import line_key
 from .source import BadRow, Blank, JsonlSource
 
@@ -194,14 +194,6 @@ def todo(inputs: InputIndex, report: Report, errors: Path) -> Todo:
 # --- writing ------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def copy_aside(path: Path) -> Path:
     """Copy `path` to `path.bak-YYYYmmdd-HHMMSS` (plus `-N` if taken), durably; the original stays."""
     base = f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -218,26 +210,6 @@ def copy_aside(path: Path) -> Path:
         os.fsync(dst.fileno())
     shutil.copystat(path, target)
     return target
-
-
-def _write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644,
-                  before_replace=lambda: None) -> None:
-    """Write `chunks` to a temp file beside `path`, fsync, rename over `path`, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _kept_lines(path: Path, drop: frozenset[int]) -> Iterator[bytes]:
@@ -261,7 +233,8 @@ def repair(report: Report) -> Path:
     try:
         backup = copy_aside(path)
         mode = stat.S_IMODE(path.stat().st_mode)
-        _write_atomic(path, _kept_lines(path, report.drop), mode, lambda: _ensure_unchanged(report))
+        atomic_write(path, _kept_lines(path, report.drop), mode=mode,
+                     before_replace=lambda: _ensure_unchanged(report))
     except OSError as err:
         raise OutputError(f"cannot repair {path}: {err}") from err
     log.info("repaired %s: %d line(s) dropped, original kept as %s", path, len(report.drop), backup)
@@ -272,7 +245,7 @@ def emit_retry(input_path: Path, keys: Iterable[int], dest: Path) -> int:
     """Write the raw input lines of `keys` (ascending) to `dest` as a JSONL; return how many."""
     picked = _Picker(Path(input_path), keys)
     try:
-        _write_atomic(Path(dest), picked.lines())
+        atomic_write(Path(dest), picked.lines())
     except OSError as err:
         raise OutputError(f"cannot write retry file {dest}: {err}") from err
     return picked.count

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT, Workdir, clean_env, read_jsonl, write_jsonl
+from tests.conftest import Workdir, clean_env, read_jsonl, write_jsonl
 
 
 def _wait(predicate, timeout=30.0):

@@ -7,7 +7,7 @@ import sys
 import time
 
 from mpdistill.mockserver import MockServer
-from tests.conftest import ROOT, Workdir, clean_env, read_jsonl, write_jsonl
+from tests.conftest import Workdir, clean_env, read_jsonl, write_jsonl
 
 
 def test_iterations_with_delay_record_their_round(workdir):

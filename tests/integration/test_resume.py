@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import time
 import pytest
 
 from mpdistill.mockserver import MockServer
-from tests.conftest import ROOT, Workdir, clean_env, read_jsonl, write_jsonl
+from tests.conftest import ROOT, Workdir, clean_env, write_jsonl
 
 N_ROWS = 400
 

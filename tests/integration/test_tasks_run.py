@@ -8,7 +8,7 @@ import textwrap
 import time
 
 from mpdistill.formats import from_batch_output
-from tests.conftest import ROOT, clean_env, read_jsonl, write_jsonl
+from tests.conftest import clean_env, read_jsonl, write_jsonl
 
 
 def _cli(cwd, *args, timeout=120):
@@ -25,7 +25,7 @@ def _task(tmp_path, n_rows=150, extra=""):
     (models / "teacher-b.yaml").write_text("name: teacher-b\nmodel: mock-b\nmax_tokens: 64\n")
     task = tmp_path / "configs" / "tasks" / "two.yaml"
     task.parent.mkdir(parents=True)
-    task.write_text(textwrap.dedent(f"""\
+    task.write_text(textwrap.dedent("""\
         task_type: distill
         input: in.jsonl
         output_dir: out
