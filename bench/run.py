@@ -69,6 +69,8 @@ def main(argv=None) -> int:
         for name in chosen:
             failed += _run_one(bench, name, args.wait_quiet)
     report.print_table(bench.figures)
+    for note in bench.notes:
+        print(f"\nnote: {note}")
     info = {**report.machine(), **report.versions(server)}
     if set(chosen) == set(WORKLOADS) and not failed:
         report.write_results(args.results, mode="quick" if args.quick else "full", started=started,

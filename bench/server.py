@@ -156,14 +156,18 @@ class NginxServer:
 
     def status_counts(self, route: str = "/rl/", since: int = 0) -> collections.Counter:
         """HTTP status → count of requests to `route` logged after byte `since` of the access log."""
-        counts: collections.Counter = collections.Counter()
+        return collections.Counter(status for status, _ in self.status_log(route, since))
+
+    def status_log(self, route: str = "/rl/", since: int = 0) -> list[tuple[int, float]]:
+        """(status, epoch seconds) of every request to `route` logged after byte `since`."""
+        out = []
         with open(self.prefix / "access.log", "rb") as f:
             f.seek(since)
             for line in f:
-                status, _, uri = line.decode("latin-1").strip().partition(" ")
+                status, uri, stamp = line.decode("latin-1").split()
                 if uri.startswith(route):
-                    counts[int(status)] += 1
-        return counts
+                    out.append((int(status), float(stamp)))
+        return out
 
     def stop(self) -> None:
         """Stop nginx by its pid (fast shutdown), then remove the prefix directory."""
@@ -223,6 +227,9 @@ class MockFallback:
         by_status = self._rate.stats()["by_status"]
         return collections.Counter({int(k): v for k, v in by_status.items()})
 
+    def status_log(self, route: str = "/rl/", since: int = 0) -> list[tuple[int, float]]:
+        return []   # the mock keeps counters, not a log
+
     def stop(self) -> None:
         for server in (*self._servers.values(), self._rate):
             server.stop()
@@ -251,6 +258,9 @@ def wrk_ceiling(base_url: str, seconds: float = 5, connections: int = 64, thread
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=seconds + 30)
     rps = re.search(r"Requests/sec:\s*([\d.]+)", out.stdout)
     errors = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out.stdout)
+    latency = re.search(r"Latency\s+([\d.]+)(us|ms|s)\b", out.stdout)
+    latency_ms = float(latency.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[latency.group(2)] if latency else None
     return {"rps": float(rps.group(1)) if rps else None, "non_2xx": int(errors.group(1)) if errors else 0,
+            "latency_ms": latency_ms,
             "command": " ".join(cmd[:-3] + ["-s", "bench/post.lua", "/" + url.split("/", 3)[-1]]),
             "connections": connections}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import data
 import measure
+import server as server_mod
 
 from mpdistill.checkpoint import CheckpointManager
 
@@ -41,7 +42,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(latency_rows=1000, overhead_rows=2000, rate_rows=500, resume_rows=1_000_000,
+        return cls(latency_rows=2000, overhead_rows=2000, rate_rows=500, resume_rows=1_000_000,
                    checkpoint_repeats=15, memory_limit=4000, wrk_seconds=2.0)
 
 
@@ -123,8 +124,17 @@ def _lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def _ratio(value: float | None, ideal: float) -> float | None:
-    return None if value is None else value / ideal
+def _ratio(value: float | None, ideal: float | None) -> float | None:
+    return None if value is None or not ideal else value / ideal
+
+
+def _server_rate(b: Bench, delay_ms: int, connections: int) -> float | None:
+    """What the server itself sustains on the delay route: connections ÷ wrk's mean latency
+    (the server's own overshoot of the delay is not mpdistill's)."""
+    w = server_mod.wrk_ceiling(b.server.url(delay_ms), seconds=3, connections=connections, threads=1)
+    if not w or not w["latency_ms"]:
+        return None
+    return connections / (w["latency_ms"] / 1000)
 
 
 # ---- 1. latency-bound -------------------------------------------------------------------------
@@ -134,6 +144,7 @@ def latency_bound(b: Bench) -> None:
     """3,000 rows against a 200 ms server: rows/s over in-flight/delay, steady and whole."""
     s = b.sizes
     input_path = b.input(s.latency_rows)
+    server_rate = _server_rate(b, s.latency_delay_ms, 64)
     for p, c in ((64, 1), (8, 8)):
         run_dir = b.fresh(f"w1-p{p}c{c}")
         r = run_mpdistill(b, input_path, run_dir, b.server.url(s.latency_delay_ms), p, c, expect=s.latency_rows)
@@ -143,6 +154,9 @@ def latency_bound(b: Bench) -> None:
         steady = _ratio(rt.steady, ideal)
         b.add(Figure(wl, f"{tag}: steady rows/s ÷ ideal {ideal:.0f}", steady, "ratio", "≥ 0.98",
                      steady is not None and steady >= 0.98, f"{rt.steady or 0:.1f} rows/s", key=f"w1-steady-{p}x{c}"),
+              Figure(wl, f"{tag}: steady rows/s ÷ what wrk gets from this route", _ratio(rt.steady, server_rate),
+                     "ratio", detail=f"wrk: {server_rate:.1f} r/s (64 connections ÷ its mean latency)"
+                     if server_rate else "wrk not installed"),
               Figure(wl, f"{tag}: first→last row rows/s ÷ ideal", _ratio(rt.first_to_last, ideal), "ratio"),
               Figure(wl, f"{tag}: whole command rows/s ÷ ideal", s.latency_rows / r.wall_s / ideal, "ratio",
                      detail=f"wall {r.wall_s:.2f} s"))
@@ -223,6 +237,7 @@ def rate_limited(b: Bench) -> None:
                       expect=s.rate_rows)
     time.sleep(0.2)  # let the server finish logging the last requests
     counts = b.server.status_counts("/rl/", since=mark)
+    _rate_timeline(b, b.server.status_log("/rl/", since=mark))
     total = sum(counts.values())
     share = counts.get(429, 0) / total if total else None
     rt = measure.rates(measure.stamps(run_dir / "out.jsonl"))
@@ -233,6 +248,19 @@ def rate_limited(b: Bench) -> None:
                  share is not None and share <= 0.02, f"{counts.get(429, 0)} of {total} requests", key="w3-429"),
           Figure(wl, "whole command rows/s ÷ R", s.rate_rows / r.wall_s / s.rate_rps, "ratio",
                  detail=f"wall {r.wall_s:.2f} s"))
+
+
+def _rate_timeline(b: Bench, log: list[tuple[int, float]]) -> None:
+    """Per second of the run: requests answered 200 / 429 (where the server logs them)."""
+    if not log:
+        return
+    start = min(t for _, t in log)
+    seconds: dict[int, list[int]] = {}
+    for status, t in log:
+        counts = seconds.setdefault(int(t - start), [0, 0])
+        counts[status == 429] += 1
+    cells = [f"{sec}s {ok}/{limited}" for sec, (ok, limited) in sorted(seconds.items())]
+    b.notes.append("rate-limited, server log per second (200/429): " + ", ".join(cells))
 
 
 # ---- 4. resume --------------------------------------------------------------------------------

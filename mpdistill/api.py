@@ -22,6 +22,7 @@ from .endpoints import endpoints_from_env, load_endpoints, select_pool
 from .errors import ConfigError
 from .fsutil import atomic_write
 from .keypool import KeyPool
+from .logs import register_secrets
 from .resume import ResumeInfo, config_fingerprint, prepare
 from .runner import Job, Runner
 from .source import JsonlSource, row_from_object
@@ -165,6 +166,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
                         if not any(e.serves(s.model) for e in job_endpoints)]
             cfg = with_mock(cfg, stack, announce, job_endpoints, unserved) if unserved or not job_endpoints \
                 else dataclasses.replace(cfg, endpoints=tuple(job_endpoints))
+        register_secrets(e.api_key for e in cfg.endpoints)
         if rows is None:
             cfg = _with_input(cfg, announce)
         source, total, input_path, base_dir = _open_source(cfg, rows)

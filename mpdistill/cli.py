@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import build_config
+from .config import MOCK_MODEL, RunConfig, build_config
 from .errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,10 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
         from .control import stop_command
         return stop_command(cfg, now=args.now)
     from . import api
-    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce))
+    name = cfg.name
+    if not cfg.run_name and cfg.model == RunConfig.model and (cfg.mock or not api.resolve_endpoints(cfg)):
+        name = MOCK_MODEL   # the built-in mock answers as mock-model: name the log like its output
+    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=name)
 
 
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:

@@ -13,12 +13,24 @@ from .endpoint import mask_key
 _KEY_SHAPE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{12,}")
 
 
+_SECRETS: set[str] = set()   # every key this process has been told about (see register_secrets)
+
+
+def register_secrets(secrets) -> None:
+    """Tell the log filters about keys found after logging was set up (endpoint files, task configs)."""
+    _SECRETS.update(s for s in secrets if s and len(s) >= 6)
+
+
 class RedactFilter(logging.Filter):
     """Replace every known secret (and anything shaped like an API key) by its masked form."""
 
     def __init__(self, secrets=()) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        register_secrets(secrets)
+
+    @property
+    def secrets(self) -> list[str]:
+        return sorted(_SECRETS, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:

@@ -1,7 +1,7 @@
 """The process pool: start workers, hand each a task, collect outcomes, notice deaths.
 
-Each worker has its own duplex pipe, multiplexed by `connection.wait`; that pipe set is the
-result queue. Knowing which worker holds which task is what lets a killed worker's rows be
+Each worker has its own duplex pipe, multiplexed by one epoll selector (with each worker's
+process sentinel, to notice deaths); that pipe set is the result queue. Knowing which worker holds which task is what lets a killed worker's rows be
 re-queued at once instead of being lost or waiting for a timeout.
 """
 from __future__ import annotations
@@ -10,10 +10,11 @@ import contextlib
 import gc
 import logging
 import pickle
+import select
+import selectors
 import time
 
 import multiprocess as mp
-from multiprocess import connection
 
 from .worker import Outcome, Task, WorkerSpec, preload, worker_main
 
@@ -42,6 +43,12 @@ class _Worker:
         child.close()
         self.tids: set[int] = set()
         self.busy_since: float | None = None
+        self._poller = select.poll()   # "anything more to read?" without building a selector
+        self._poller.register(self.conn, select.POLLIN)
+
+    def readable(self) -> bool:
+        """True when the pipe has bytes (or EOF) to read now."""
+        return bool(self._poller.poll(0))
 
 
 class WorkerPool:
@@ -55,11 +62,26 @@ class WorkerPool:
         self._owner: dict[int, _Worker] = {}
         self._next = 0
         self._clients = None   # SDK clients made once here, inherited by forked workers
+        # One selector for the whole run: building one per wait() costs O(processes) per loop.
+        self._selector = selectors.DefaultSelector()
 
     def start(self) -> None:
         if self._ctx.get_start_method() == "fork":
             self._clients = preload(self.spec)
-        self._workers = [_Worker(self._ctx, i, self.spec, self._clients) for i in range(self.processes)]
+        self._workers = [self._watch(_Worker(self._ctx, i, self.spec, self._clients))
+                         for i in range(self.processes)]
+
+    def _watch(self, worker: _Worker) -> _Worker:
+        self._selector.register(worker.conn, selectors.EVENT_READ, worker)
+        self._selector.register(worker.process.sentinel, selectors.EVENT_READ, worker)
+        return worker
+
+    def _unwatch(self, worker: _Worker) -> None:
+        for handle in (worker.conn, worker.process.sentinel):
+            try:
+                self._selector.unregister(handle)
+            except (KeyError, ValueError):
+                pass  # never registered, or its fd is already closed
 
     @property
     def capacity(self) -> int:
@@ -101,20 +123,15 @@ class WorkerPool:
 
     def wait(self, timeout: float) -> tuple[list[Outcome], list[int]]:
         """Outcomes that arrived within `timeout`, and the task ids lost with dead workers."""
-        by_handle = {}
-        for worker in self._workers:
-            by_handle[worker.conn] = worker
-            by_handle[worker.process.sentinel] = worker
-        ready = connection.wait(list(by_handle), timeout=max(0.0, timeout))
+        ready = self._selector.select(max(0.0, timeout))
         outcomes: list[Outcome] = []
         lost: list[int] = []
-        for handle in ready:
-            worker = by_handle[handle]
-            if handle is worker.conn:
-                outcomes.extend(self._drain(worker))
-        for handle in ready:
-            worker = by_handle[handle]
-            if handle is not worker.conn and not worker.process.is_alive():
+        for key, _ in ready:
+            if key.fileobj is key.data.conn:
+                outcomes.extend(self._drain(key.data))
+        for key, _ in ready:
+            worker = key.data
+            if key.fileobj is not worker.conn and not worker.process.is_alive():
                 outcomes.extend(self._drain(worker))
                 lost.extend(self._replace(worker))
         return outcomes, lost
@@ -122,7 +139,7 @@ class WorkerPool:
     def _drain(self, worker: _Worker) -> list[Outcome]:
         out = []
         try:
-            while worker.conn.poll():
+            while worker.readable():
                 outcome = pickle.loads(worker.conn.recv_bytes())
                 self._finish(worker, outcome.tid)
                 out.append(outcome)
@@ -142,8 +159,9 @@ class WorkerPool:
                     worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
         for tid in lost:
             self._owner.pop(tid, None)
+        self._unwatch(worker)
         worker.conn.close()
-        self._workers[worker.slot] = _Worker(self._ctx, worker.slot, self.spec, self._clients)
+        self._workers[worker.slot] = self._watch(_Worker(self._ctx, worker.slot, self.spec, self._clients))
         return lost
 
     def worker_states(self) -> list[dict]:
@@ -164,12 +182,13 @@ class WorkerPool:
         self.kill()
 
     def kill(self) -> None:
-        """Kill every worker now (SIGKILL: they ignore SIGTERM so that Ctrl-C reaches only the manager)."""
+        """Kill every worker now, in-flight calls included (their rows are redone by the next run)."""
         for worker in self._workers:
             if worker.process.is_alive():
                 worker.process.kill()
         for worker in self._workers:
             worker.process.join(5)
+            self._unwatch(worker)
             worker.conn.close()
         self._workers = []
         self._owner.clear()

@@ -161,18 +161,20 @@ class Runner:
 
     def _shutdown(self) -> None:
         """Persist everything already answered, stop the workers, save (or clear) the checkpoints."""
-        for job in self.jobs:
-            job.checkpoint.elapsed = self.elapsed()
-            try:
-                job.writer.stop()
-            except MpdistillError as err:
-                log.error("%s", err)
-                self._abort = self._abort or str(err)
-        self._collect()
-        if self._stop_now or self._abort:
-            self.pool.kill()
-        else:
-            self.pool.close(grace=1.0)
+        try:
+            for job in self.jobs:
+                job.checkpoint.elapsed = self.elapsed()
+                try:
+                    job.writer.stop()
+                except MpdistillError as err:
+                    log.error("%s", err)
+                    self._abort = self._abort or str(err)
+            self._collect(raise_errors=False)
+        finally:
+            if self._stop_now or self._abort:
+                self.pool.kill()
+            else:
+                self.pool.close(grace=1.0)
         complete = (self._exhausted and not self._limited and not self._stop and not self._abort
                     and self._idle())
         self.complete = complete
@@ -443,11 +445,11 @@ class Runner:
 
     # ---- durability, health, status -----------------------------------------------------------
 
-    def _collect(self) -> None:
+    def _collect(self, raise_errors: bool = True) -> None:
         """Take in what the writers made durable; a writer's failure stops the run."""
         elapsed = self.elapsed()
         for job in self.jobs:
-            if job.writer.error is not None:
+            if job.writer.error is not None and raise_errors:
                 raise job.writer.error
             job.checkpoint.elapsed = elapsed
             ok, failed = job.writer.durable_ok - job.seen_ok, job.writer.durable_failed - job.seen_failed

@@ -107,9 +107,9 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
 
     `clients` are inherited from the manager when the process was forked (see `preload`).
     """
-    # Ctrl-C and SIGTERM go to the manager, which lets in-flight calls finish or kills us itself.
+    # Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
+    # calls may finish, so workers ignore it. SIGTERM keeps its default: it ends a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _yield_to_manager()
     _watch_parent(os.getppid())
     clients = clients or _Clients(spec)
@@ -134,18 +134,6 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
 
 
 def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
-    if os.environ.get("XX_PROF"):
-        import cProfile
-        pr = cProfile.Profile(time.thread_time); pr.enable()
-        try:
-            _serve2(tasks, conn, send_lock, clients, spec)
-        finally:
-            pr.disable(); pr.dump_stats(f"{os.environ['XX_PROF']}/w{os.getpid()}-{threading.get_ident()}.prof")
-        return
-    _serve2(tasks, conn, send_lock, clients, spec)
-
-
-def _serve2(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
     while True:
         task = tasks.get()
         if task is None:
@@ -166,7 +154,7 @@ def _yield_to_manager() -> None:
     normal wakeup takes the CPU from the manager mid-dispatch, and the one serial part of the run
     stalls. Batch workers still get their full fair share of CPU, only a little later.
     """
-    batch = None if os.environ.get("XX_NOBATCH") else getattr(os, "SCHED_BATCH", None)
+    batch = getattr(os, "SCHED_BATCH", None)
     if batch is None:
         return  # not Linux: nothing to tune
     try:

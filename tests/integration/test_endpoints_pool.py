@@ -51,11 +51,13 @@ def _run(wd: Workdir, *extra: str, env: dict | None = None, processes: int = 8,
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _wait_for_rows(wd: Workdir, count: int, timeout: float = 30) -> None:
+def _wait_for_rows(wd: Workdir, proc: subprocess.Popen, count: int, timeout: float = 30) -> None:
     deadline = time.time() + timeout
-    while len(read_jsonl(wd.output)) < count and time.time() < deadline:
+    while len(read_jsonl(wd.output)) < count and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert len(read_jsonl(wd.output)) >= count
+    if len(read_jsonl(wd.output)) < count:
+        proc.kill()
+        raise AssertionError(f"fewer than {count} rows; stderr: {proc.communicate(timeout=30)[1]}")
 
 
 def _files_holding(root: Path, secret: str, skip: tuple[Path, ...] = ()) -> list[str]:
@@ -126,7 +128,7 @@ def test_short_outage_pauses_and_the_run_finishes(tmp_path):
         wd = Workdir(tmp_path, server.url)
         write_jsonl(wd.input, _rows(300))
         proc = _start(wd, "--max-outage", "30", processes=4)
-        _wait_for_rows(wd, 30)
+        _wait_for_rows(wd, proc, 30)
         server.pause()
         time.sleep(2.5)
         server.resume()
@@ -142,7 +144,7 @@ def test_long_outage_stops_with_checkpoint_and_the_rerun_completes(tmp_path):
         wd = Workdir(tmp_path, server.url)
         write_jsonl(wd.input, _rows(300))
         proc = _start(wd, "--max-outage", "2", processes=4)
-        _wait_for_rows(wd, 30)
+        _wait_for_rows(wd, proc, 30)
         server.pause()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == EXIT_ABORTED, err

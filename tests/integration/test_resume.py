@@ -185,3 +185,28 @@ def test_checkpoint_script_lists_and_clears(workdir):
     assert not list(workdir.checkpoints.glob("*.pkl"))
     listing = subprocess.run(script + ["--checkpoint-dir", str(workdir.checkpoints)], **kw)
     assert "No checkpoints" in listing.stdout
+
+
+def test_disk_full_stops_cleanly_and_rerun_completes(workdir):
+    """A write that fails (file size limit as a stand-in for a full disk) stops the run with exit 75,
+    every line on disk whole; the rerun completes every row exactly once."""
+    import resource
+    write_jsonl(workdir.input, [{"id": f"r{i}", "prompt": "x" * 300 + str(i)} for i in range(200)])
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    cmd = [sys.executable, "-m", "mpdistill", *workdir.args(processes=4)]
+    proc = subprocess.run(cmd, cwd=workdir.root, env=clean_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit_file_size)
+    assert proc.returncode == 75, proc.stderr
+    assert "cannot write" in proc.stderr
+    lines = workdir.output.read_bytes()
+    assert lines and lines.endswith(b"\n") and len(lines) <= 30_000
+    for line in lines.splitlines():
+        json.loads(line)
+    assert not workdir.failures()
+    rerun = workdir.run(processes=4)
+    assert rerun.returncode == 0, rerun.stderr
+    _assert_exact(workdir, 200)

@@ -490,3 +490,16 @@ def test_pool_needs_unique_endpoints():
         KeyPool([])
     with pytest.raises(ConfigError):
         KeyPool([ep("a"), ep("a", KEY_B)])
+
+
+def test_all_down_lasts_through_cooldowns_until_an_endpoint_answers():
+    """all_down() stays true while probes keep failing, across cooldown ends, and clears on an answer."""
+    pool, clock = make(ep("a"), ep("b", KEY_B), cooldown_base=2.0)
+    fail_everywhere(pool, 3)
+    assert pool.all_down() is True
+    clock.advance(2.0)
+    assert pool.all_unavailable() is False   # the cooldown ended: a probe may go
+    assert pool.all_down() is True           # but nothing has answered: the outage goes on
+    name = pool.acquire("m", 0)
+    pool.release(name, ok=True, reserved_tokens=0)
+    assert pool.all_down() is False
