@@ -157,3 +157,80 @@ def test_missing_input_and_bad_flag_exit_2(workdir):
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
     proc = workdir.run("-p", "0")
     assert proc.returncode == 2
+
+
+def _slow_run(tmp_path, latency_ms=2000, rows=100):
+    from mpdistill.mockserver import MockServer
+    from tests.conftest import Workdir
+    server = MockServer(latency_ms=latency_ms).start()
+    wd = Workdir(tmp_path, server.url)
+    write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(rows)])
+    return server, wd
+
+
+def _wait_busy(wd, proc, timeout=30):
+    """Until the run's status file shows requests in flight."""
+    deadline = time.time() + timeout
+    path = wd.checkpoints / "mock-model_status.json"
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and json.loads(path.read_text()).get("in_flight", 0) > 0:
+            return
+        time.sleep(0.1)
+
+
+def test_second_ctrl_c_exits_at_once_without_losing_durable_lines(tmp_path):
+    """The first Ctrl-C waits for in-flight calls; a second one exits at once, every line intact."""
+    server, wd = _slow_run(tmp_path, latency_ms=3000)
+    try:
+        proc = wd.popen("--grace", "60", processes=4)
+        _wait_busy(wd, proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        assert time.monotonic() - started < 2.5  # did not wait for the 3 s calls
+        for line in wd.output.read_bytes().splitlines() if wd.output.exists() else []:
+            json.loads(line)
+        assert list(wd.checkpoints.glob("*_checkpoint.pkl"))
+        assert wd.failures() == []
+    finally:
+        server.stop()
+
+
+def test_sigterm_lets_in_flight_calls_finish(tmp_path):
+    """SIGTERM stops dispatch, the calls in flight finish and are written, exit 130."""
+    server, wd = _slow_run(tmp_path, latency_ms=1000)
+    try:
+        proc = wd.popen(processes=4)
+        _wait_busy(wd, proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        assert 4 <= len(wd.results()) < 100   # the four in flight were written
+        rerun = wd.run(processes=8)
+        assert rerun.returncode == 0
+        assert sorted(r["id"] for r in wd.results()) == sorted(f"r{i}" for i in range(100))
+    finally:
+        server.stop()
+
+
+def test_stop_now_cancels_in_flight_calls(tmp_path):
+    """`--stop --now` ends the run without waiting for in-flight calls; they are redone next run."""
+    import subprocess
+    import sys
+    from tests.conftest import clean_env
+    server, wd = _slow_run(tmp_path, latency_ms=4000, rows=20)
+    try:
+        proc = wd.popen("--grace", "60", processes=4)
+        _wait_busy(wd, proc)
+        started = time.monotonic()
+        stop = subprocess.run([sys.executable, "-m", "mpdistill", "stop", "--now", "--checkpoint-dir",
+                               str(wd.checkpoints)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+        assert stop.returncode == 0, stop.stdout
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert time.monotonic() - started < 3.5 and wd.results() == []
+    finally:
+        server.stop()

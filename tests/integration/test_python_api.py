@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 from mpdistill import RunConfig, load_checkpoint, run
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import ROOT, read_jsonl, write_jsonl
 
 
-def test_readme_example_rows_from_python(tmp_path, monkeypatch):
-    """`run(RunConfig(..., mock=True), rows=rows)` answers every row and returns the summary."""
+def _readme_python_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    return section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's Python API example runs verbatim and answers every row."""
     monkeypatch.chdir(tmp_path)
-    rows = [{"id": "x1", "prompt": "Say hi"}, {"id": "x2", "prompt": "Say bye"}]
-    summary = run(RunConfig(output="out/hi.jsonl", processes=2, mock=True, progress=False), rows=rows)
-    assert summary["succeeded"] == 2 and summary["failed"] == 0
+    exec(compile(_readme_python_example(), "README.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines()[-1] == "2 0"
     assert {r["id"] for r in read_jsonl(tmp_path / "out" / "hi.jsonl")} == {"x1", "x2"}
     assert (tmp_path / "out" / "hi.summary.json").exists()
+    assert load_checkpoint("mock-model") is None   # a completed run leaves no checkpoint
 
 
 def test_python_api_with_a_file_and_mock_server(tmp_path, mock_server):
