@@ -13,11 +13,10 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import retry
+from . import records, retry
 from .checkpoint import CheckpointManager
 from .config import RunConfig
 from .control import check_stop
@@ -303,7 +302,7 @@ class Runner:
                 log.warning("bad row: %s", entry.reason)
                 for job in self.jobs:
                     if not job.checkpoint.is_done(entry.key):
-                        job.writer.add_error(entry.key, entry.end_offset, self._bad_row_record(entry))
+                        job.writer.add_error(entry.key, entry.end_offset, records.bad_row_record(entry, self.iteration))
                         job.stats.failed += 1
                 continue
             return entry
@@ -340,16 +339,10 @@ class Runner:
         job.stats.ok += 1
         job.stats.latency.add(outcome.latency_s)
         job.stats.add_usage(c.usage)
-        record = self._result_record(item, c, outcome.latency_s, flight.endpoint)
-        job.writer.add_result(item.row.key, item.row.end_offset, self._with_samples(record, c.samples))
-
-    def _with_samples(self, record: dict, samples) -> dict | list[dict]:
-        """n > 1: keep every sample in one row (`samples`), or one row per sample (--explode-samples)."""
-        if not samples:
-            return record
-        if not self.cfg.explode_samples:
-            return {**record, "samples": list(samples)}
-        return [{**record, **sample, "sample": i} for i, sample in enumerate(samples)]
+        record = records.result_record(item.row, c, model=job.model, latency=outcome.latency_s,
+                                       attempts=item.attempts, endpoint=flight.endpoint, iteration=self.iteration)
+        job.writer.add_result(item.row.key, item.row.end_offset,
+                              records.with_samples(record, c.samples, self.cfg.explode_samples))
 
     def _failed(self, flight: Flight, err) -> None:
         item = flight.item
@@ -413,35 +406,9 @@ class Runner:
         job.stats.failed += 1
         log.warning("row %s (line %d) failed for good after %d attempt(s): %s", item.row.id,
                     item.row.key, item.attempts, err)
-        job.writer.add_error(item.row.key, item.row.end_offset, {
-            "line": item.row.key, **self._round(), "id": item.row.id, "model": job.model,
-            "reason": str(err)[:2500], "error": type(err).__name__, "status": getattr(err, "status", None),
-            "attempts": item.attempts, "history": item.history, "failed_at": _now_iso(),
-            **({"custom_id": item.row.batch["custom_id"]} if item.row.batch else {})})
-
-    # ---- records ----------------------------------------------------------------------------
-
-    def _result_record(self, item: Item, c, latency: float, endpoint: str) -> dict:
-        row = item.row
-        record = {"line": row.key, **self._round(), "id": row.id, "input_prompt": row.prompt, "images": list(row.images),
-                  "answer": c.answer, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
-                  "usage": c.usage, "model": c.model or self.jobs[item.job].model,
-                  "latency_s": round(latency, 4), "attempts": item.attempts, "endpoint": endpoint,
-                  "processed_at": _now_iso()}
-        if c.extracted is not None:
-            record["extracted"] = c.extracted
-        if row.batch:
-            record["custom_id"] = row.batch["custom_id"]
-        for key, value in row.extra.items():
-            record.setdefault(key, value)
-        return record
-
-    def _round(self) -> dict:
-        return {} if self.iteration is None else {"iteration": self.iteration}
-
-    def _bad_row_record(self, row: BadRow) -> dict:
-        return {"line": row.key, **self._round(), "id": row.id, "reason": row.reason, "error": "RowFormatError",
-                "status": None, "attempts": 0, "history": [], "failed_at": _now_iso()}
+        job.writer.add_error(item.row.key, item.row.end_offset, records.error_record(
+            item.row, err, model=job.model, attempts=item.attempts, history=item.history,
+            iteration=self.iteration))
 
     # ---- durability, health, status -----------------------------------------------------------
 
@@ -541,9 +508,6 @@ class Runner:
         summary["failed_total"] = sum(j.checkpoint.failed for j in self.jobs)  # earlier runs included
         return summary
 
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _main_thread() -> bool:
