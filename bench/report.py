@@ -11,7 +11,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from notes import MISSES
+from notes import MISSES, SUGGESTIONS
 
 
 def machine() -> dict:
@@ -27,9 +27,11 @@ def machine() -> dict:
 def versions(server) -> dict:
     """Versions of everything on the measured path."""
     import mpdistill
+    from server import nginx_available
+    usable, nginx = nginx_available()
     out = {"python": platform.python_version(), "openai": _dist("openai"),
            "mpdistill": getattr(mpdistill, "__version__", None) or _dist("mpdistill"),
-           "server": f"{server.kind} {server.version}"}
+           "nginx": nginx if usable else f"not usable ({nginx})"}
     if shutil.which("wrk"):
         probe = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
         match = re.search(r"wrk (\S+)", probe.stdout + probe.stderr)
@@ -66,15 +68,19 @@ def table(figures) -> list[str]:
 
 def misses(figures) -> list[str]:
     """For every missed target: the figure, what limits it, what would move it."""
-    lines = []
+    lines, shown = [], {}
     for f in figures:
         if f.met is not False:
             continue
-        note = next((MISSES[k] for k in sorted(MISSES, key=len, reverse=True) if f.key.startswith(k)), None)
-        lines += [f"### {f.workload}: {f.name}", "",
-                  f"Measured **{_value(f.value)} {f.unit}** (target {f.target}). {f.detail}", ""]
-        if note:
-            lines += [f"*What limits it:* {note['limit']}", "", f"*What would move it:* {note['move']}", ""]
+        key = next((k for k in sorted(MISSES, key=len, reverse=True) if f.key.startswith(k)), None)
+        title = f"{f.workload}: {f.name}"
+        lines += [f"### {title}", "", f"Measured **{_value(f.value)} {f.unit}** (target {f.target}). {f.detail}", ""]
+        if key in shown:
+            lines += [f"Same cause as \"{shown[key]}\" above.", ""]
+        elif key:
+            shown[key] = title
+            lines += [f"*What limits it:* {MISSES[key]['limit']}", "",
+                      f"*What would move it:* {MISSES[key]['move']}", ""]
         else:
             lines += ["*No analysis recorded for this figure yet.*", ""]
     return lines or ["Every target was met in this run."]
@@ -100,6 +106,7 @@ def write_results(path: Path, *, mode: str, started: float, server_line: str, ce
     else:
         lines.append("- server ceiling: wrk not installed, not measured")
     lines += ["", "## Figures", ""] + table(figures) + ["", "## Missed targets", ""] + misses(figures)
+    lines += ["", "## Suggestions for code the bench does not own", ""] + [f"- {s}" for s in SUGGESTIONS]
     if notes:
         lines += ["", "## Notes", ""] + [f"```\n{n}\n```" if "\n" in n else f"- {n}" for n in notes]
     lines += ["", "## How each figure is taken", "", *HOW]
@@ -115,9 +122,12 @@ def print_table(figures) -> None:
 
 HOW = [
     "1. **Latency-bound**: 3,000 rows, the server answers after 200 ms; `-p 64` and `-p 8 -c 8` (64 in "
-    "flight). Ideal = in flight ÷ delay = 320 rows/s. *Steady* = rows between the 10% and 90% "
-    "`processed_at` stamps of the output ÷ their time span; *first→last* = all rows over the first to "
-    "last stamp; *whole command* = rows ÷ wall time of the CLI (start-up and shutdown included).",
+    "flight). Ideal = in flight ÷ delay = 320 rows/s. *Steady* = least-squares slope of row count over "
+    "the output's `processed_at` stamps, for the rows between 10% and 90% (a slope, because rows finish "
+    "in waves of 64 and a span cut mid-wave is off by a wave); *first→last* = all rows over the first "
+    "to last stamp; *whole command* = rows ÷ wall time of the CLI (start-up and shutdown included); "
+    "*÷ what wrk gets* = steady ÷ (64 ÷ wrk's mean latency on the same route with 64 connections), "
+    "since the server overshoots its own delay by a little.",
     "2. **Overhead**: 5,000 rows at no delay, 64 in flight; every row is fsynced before it counts. CPU = "
     "user + system of the whole process tree (`getrusage(RUSAGE_CHILDREN)` around the CLI; workers are "
     "reaped by the manager, so their time rolls up). The baseline is `bench/baseline_pool.py` "
@@ -132,7 +142,8 @@ HOW = [
     "5. **Checkpoint cost**: `CheckpointManager.save()` (pickle, temp file, fsync, rename, fsync dir) "
     "with 1k, 100k and 1M rows done and 32 sparse keys above the watermark; median of N saves.",
     "6. **Memory**: inputs of 500,000 and 2,000,000 rows (the whole file is the input; `--limit` "
-    "processes a prefix), `-p 8 -c 8`, no delay. /proc is sampled every 0.1 s: the manager's "
+    "processes a prefix), `-p 8 -c 8`, no delay, then the 2M input with `-p 64`. /proc is sampled "
+    "every 0.1 s: the manager's "
     "VmHWM, the sum of VmRSS over the tree, and the sum of Pss (smaps_rollup, every 0.5 s); RSS "
     "counts pages shared by forked workers once per process, Pss splits them.",
 ]

@@ -358,3 +358,18 @@ def memory(b: Bench) -> None:
             lo = peaks[s.memory_inputs[0]]
             b.add(Figure(wl, f"flatness: manager peak {rows:,} ÷ {s.memory_inputs[0]:,}", m.manager_hwm / lo,
                          "ratio", "≤ 1.10 (flat)", m.manager_hwm / lo <= 1.10, key="w6-flat"))
+    _memory_default_pool(b)
+
+
+def _memory_default_pool(b: Bench) -> None:
+    """The same on the largest input with the default pool (-p 64): what 64 forked workers cost."""
+    s, wl = b.sizes, "6 memory"
+    rows = s.memory_inputs[-1]
+    run_dir = b.fresh("w6-p64")
+    r = run_mpdistill(b, b.input(rows), run_dir, b.server.url(0), 64, 1, "--limit", str(s.memory_limit),
+                      sample=True, expect=s.memory_limit)
+    m = r.memory
+    b.add(Figure(wl, f"-p 64, {rows:,}-row input: manager peak RSS (VmHWM)", m.manager_hwm, "MB"),
+          Figure(wl, f"-p 64: tree RSS sum ({m.processes} processes)", m.tree_rss, "MB"),
+          Figure(wl, "-p 64: tree PSS sum", m.tree_pss, "MB",
+                 detail=f"{(m.tree_pss or 0) / max(1, m.processes - 1):.1f} MB per process" if m.tree_pss else ""))

@@ -140,6 +140,13 @@ def _open_source(cfg: RunConfig, rows):
     return source, None if cfg.follow else source.count(), source.path, source.base_dir
 
 
+def _rows(source, start, is_done, follow: bool, done_below: int):
+    """The source's rows; JSONL sources also skip the lines below the watermark in bulk."""
+    if isinstance(source, JsonlSource):
+        return source.rows(start, is_done=is_done, follow=follow, done_below=done_below)
+    return source.rows(start, is_done=is_done, follow=follow)
+
+
 def _start_position(jobs: list[Job]):
     """Where reading may start: the earliest safe seek point of all jobs."""
     positions = [j.checkpoint.input_position for j in jobs]
@@ -207,9 +214,11 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
     number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if rounds else None
     while True:
         last = not rounds or (cfg.iterations and number >= cfg.iterations)
-        is_done = lambda key: all(j.checkpoint.is_done(key) for j in jobs)
+        is_done = jobs[0].checkpoint.is_done if len(jobs) == 1 else (
+            lambda key: all(j.checkpoint.is_done(key) for j in jobs))
         if source is not None:
-            row_iter = source.rows(_start_position(jobs), is_done=is_done, follow=cfg.follow)
+            done_below = min(j.checkpoint.watermark for j in jobs)
+            row_iter = _rows(source, _start_position(jobs), is_done, cfg.follow, done_below)
         else:
             row_iter = _python_rows(rows, is_done)
         if rounds:

@@ -187,6 +187,17 @@ class CheckpointManager:
         self._pass(key, end_offset)
         self._advance()
 
+    def mark_range(self, start: int, stop: int) -> None:
+        """Record keys [start, stop) as done at once (a resume scan found them); offsets unknown."""
+        if start > self.watermark or stop <= self.watermark:
+            for key in range(max(start, self.start), stop):
+                self.mark_done(key)
+            return
+        self.watermark = stop
+        self.sparse = {k for k in self.sparse if k >= stop}
+        self._offsets = {k: v for k, v in self._offsets.items() if k >= stop}
+        self._advance()
+
     def _advance(self) -> None:
         """Move the watermark over the sparse keys that now continue it."""
         while self.watermark in self.sparse:

@@ -1,8 +1,9 @@
 """The process pool: start workers, hand each a task, collect outcomes, notice deaths.
 
 Each worker has its own duplex pipe, multiplexed by one epoll selector (with each worker's
-process sentinel, to notice deaths); that pipe set is the result queue. Knowing which worker holds which task is what lets a killed worker's rows be
-re-queued at once instead of being lost or waiting for a timeout.
+process sentinel, to notice deaths); that pipe set is the result queue. Knowing which worker
+holds which task is what lets a killed worker's rows be re-queued at once instead of being lost
+or waiting for a timeout.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _KEY = re.compile(rb'\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
+_KEY_AT_LINE_START = re.compile(rb'^\{"line": (\d+)(?:, "iteration": (\d+))?[,}]', re.MULTILINE)
 _CHUNK = 1 << 22
 
 
@@ -66,21 +67,36 @@ def scan_file(path: Path, offset: int = 0, iteration: int | None = None) -> Scan
         f.seek(offset)
         tail = b""
         for chunk in iter(lambda: f.read(_CHUNK), b""):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            for line in lines:
-                scan.end_offset += len(line) + 1
-                if not line.strip():
-                    continue
-                found = line_key_iteration(line)
-                if found is None:
-                    scan.bad_lines += 1
-                elif iteration is None or found[1] == iteration:
-                    scan.keys.append(found[0])
-                scan.max_iteration = max(scan.max_iteration, found[1] or 0) if found else scan.max_iteration
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            complete, tail = data[:cut], data[cut:]
+            _scan_lines(complete, iteration, scan)
+            scan.end_offset += len(complete)
     if tail:
         scan.torn_backup = cut_torn_tail(path, scan.end_offset)
     return scan
+
+
+def _scan_lines(data: bytes, iteration: int | None, scan: Scan) -> None:
+    """Keys of complete lines: one regex pass when every line starts as ours, else line by line."""
+    found = _KEY_AT_LINE_START.findall(data)
+    if len(found) == data.count(b"\n"):
+        pairs = [(int(k), int(i) if i else None) for k, i in found]
+    else:
+        pairs = []
+        for line in data.split(b"\n")[:-1]:
+            if not line.strip():
+                continue
+            pair = line_key_iteration(line)
+            if pair is None:
+                scan.bad_lines += 1
+            else:
+                pairs.append(pair)
+    for key, it in pairs:
+        if iteration is None or it == iteration:
+            scan.keys.append(key)
+        if it and it > scan.max_iteration:
+            scan.max_iteration = it
 
 
 def cut_torn_tail(path: Path, good_size: int) -> Path:

@@ -33,6 +33,32 @@ def config_fingerprint(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _mark_keys(ckpt: CheckpointManager, keys: list[int]) -> int:
+    """Mark keys found in a file as done; returns how many were new. A run of keys that continues
+    the watermark (the usual case: a whole output) is marked in one step."""
+    fresh = sorted({k for k in keys if k >= ckpt.start and not ckpt.is_done(k)})
+    if not fresh:
+        return 0
+    run = _contiguous_prefix(fresh, ckpt.watermark)
+    if run:
+        ckpt.mark_range(ckpt.watermark, ckpt.watermark + run)
+    for key in fresh[run:]:
+        ckpt.mark_done(key)
+    return len(fresh)
+
+
+def _contiguous_prefix(keys: list[int], first: int) -> int:
+    """How many sorted unique `keys` are exactly first, first+1, … (binary search: keys[i] - i grows)."""
+    lo, hi = 0, len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if keys[mid] == first + mid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def start_over(output: Path, errors: Path, ckpt: CheckpointManager) -> None:
     """--restart: keep the old files as backups, forget the checkpoint."""
     for path in (output, errors):
@@ -69,20 +95,13 @@ def reconcile(ckpt: CheckpointManager, output: Path, errors: Path, *, loaded: bo
                     ckpt.path, output)
         backup_file(ckpt.path)
         ckpt.reset()
-    found = 0
     out = scan_file(output, ckpt.output_offset, iteration)
-    for key in out.keys:
-        if not ckpt.is_done(key):
-            ckpt.mark_done(key)
-            ckpt.ok += 1
-            found += 1
+    new_ok = _mark_keys(ckpt, out.keys)
     err = scan_file(errors, ckpt.errors_offset, iteration)
-    if not retry_failed:
-        for key in err.keys:
-            if not ckpt.is_done(key):
-                ckpt.mark_done(key)
-                ckpt.failed += 1
-                found += 1
+    new_failed = 0 if retry_failed else _mark_keys(ckpt, err.keys)
+    ckpt.ok += new_ok
+    ckpt.failed += new_failed
+    found = new_ok + new_failed
     for scan, path in ((out, output), (err, errors)):
         if scan.bad_lines:
             log.warning("%s has %d unreadable line(s); run --validate to repair it", path, scan.bad_lines)

@@ -232,8 +232,11 @@ class JsonlSource:
 
     def rows(self, start: tuple[int, int] | None = None,
              is_done: Callable[[int], bool] = lambda key: False,
-             follow: bool = False) -> Iterator[Row | BadRow | Blank | Idle]:
+             follow: bool = False, done_below: int | None = None) -> Iterator[Row | BadRow | Blank | Idle]:
         """Yield rows from `start` = (key, byte offset), skipping done keys without parsing them.
+
+        Every key below `done_below` (a checkpoint watermark) is known done: those lines are passed
+        over by counting newlines, without reading them one by one.
 
         With `follow`, the end of the file yields IDLE (once per `next()`) until more lines are
         appended; a last line without its "\n" waits until it is complete. Following ends, with a
@@ -243,6 +246,9 @@ class JsonlSource:
         ids = IdSet()
         with self._open() as f:
             lines = _LineReader(f, offset, self.max_line_bytes, follow)
+            if done_below is not None and done_below > key:
+                key += lines.skip_lines(done_below - key)
+                offset = lines.offset
             anchor = os.pread(f.fileno(), 1, offset - 1) if follow and offset else b""
             while True:
                 line = lines.read()
@@ -315,6 +321,26 @@ class _LineReader:
     def position(self) -> int:
         """How far the file has been read: the next line's start plus any over-long part passed."""
         return self.offset + self._skipped
+
+    def skip_lines(self, count: int) -> int:
+        """Pass over up to `count` complete lines by counting newlines; returns how many were passed."""
+        passed = 0
+        while passed < count:
+            chunk = self.f.read(1 << 20)
+            if not chunk:
+                break
+            newlines = chunk.count(b"\n")
+            if passed + newlines < count:
+                passed += newlines
+                self.offset += len(chunk)
+                continue
+            cut = -1
+            for _ in range(count - passed):
+                cut = chunk.index(b"\n", cut + 1)
+            self.offset += cut + 1
+            passed = count
+        self.f.seek(self.offset)
+        return passed
 
     def read(self) -> tuple[bytes, bool] | None:
         """(line, too_long) for the next line; None at the end of the file (for now, in follow mode)."""

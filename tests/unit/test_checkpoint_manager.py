@@ -434,3 +434,15 @@ def test_fingerprint_small_and_empty_files(tmp_path):
     path.write_bytes(b"abd\nmore\n")
     assert not input_unchanged(fp, path)
     assert not input_unchanged({"bogus": 1}, path)
+
+
+def test_mark_range_moves_the_watermark_in_one_step(tmp_path):
+    """mark_range over the watermark jumps it and folds in sparse keys; elsewhere it marks one by one."""
+    from mpdistill.checkpoint import CheckpointManager
+    ckpt = CheckpointManager(name="r", directory=tmp_path)
+    ckpt.mark_done(7)
+    ckpt.mark_range(1, 7)
+    assert ckpt.watermark == 8 and ckpt.sparse == set()
+    ckpt.mark_range(20, 23)
+    assert ckpt.watermark == 8 and ckpt.sparse == {20, 21, 22}
+    assert ckpt.processed_indices == set(range(1, 8)) | {20, 21, 22}

@@ -175,3 +175,16 @@ def test_follow_stops_when_the_file_is_removed(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mpdistill.source"):
         assert list(rows) == []
     assert "removed" in caplog.text
+
+
+def test_done_below_skips_lines_in_bulk_and_keeps_numbering(tmp_path):
+    """Lines below the watermark are passed over by counting; the next row has the right key and offset."""
+    from mpdistill.source import JsonlSource, Row
+    path = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"r{i}", "prompt": f"p{i}"}) + "\n" for i in range(1, 3001)]
+    path.write_text("".join(lines))
+    rows = list(JsonlSource(path).rows(done_below=2998))
+    assert [r.key for r in rows] == [2998, 2999, 3000] and all(isinstance(r, Row) for r in rows)
+    assert rows[0].id == "r2998"
+    assert rows[-1].end_offset == path.stat().st_size
+    assert list(JsonlSource(path).rows(done_below=5000)) == []
