@@ -24,16 +24,25 @@ logger = logging.getLogger(__name__)
 # waking every few tens of milliseconds spend the whole rate (tokens do not overflow between wake-ups),
 # and it adds at most 1/60 of a minute's budget, so a full bucket does not trip a per-minute server limit.
 # A 429 leaves one request token for the end of the cooldown, so a cooldown never ends in a burst.
+# A request bucket starts with one token (slow start): a full one would send a second of a possibly too high
+# rpm at once, and a server that admits a burst of a few answers most of it 429.
 BURST_S = 1.0
 MIN_RPM = 1.0            # AIMD floor
-DECREASE = 0.7           # multiplicative decrease on a 429
+DECREASE = 0.7           # the deepest cut one 429 makes
+# A 429 cuts to just under the rate the server admitted (2xx) in the last second: one cut reaches the limit,
+# where ×0.7 steps overshoot below it or, one a second, keep drawing 429s on the way down.
+ADMITTED_MARGIN = 0.97
 # Growth is stated per second of busy traffic and paid per success (a busy endpoint has rpm/60 successes a
 # second): fast (+25 %/s) while below 95 % of the last rate that drew a 429, then slow probing (+0.25 % of
 # that rate per second), so the rate sits just under the server's limit and 429s stay well under 1 %.
 FAST_GROWTH = 0.25
 SLOW_GROWTH = 0.0025
 NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
-DECREASE_GAP_S = 1.0     # 429s of one burst (requests already in flight) cut the rate once
+# A short Retry-After is paced, not waited out: the endpoint cools down one request interval and the cut
+# rate does the slowing (nginx-style limiters say `Retry-After: 1` whatever the rate, and waiting a whole
+# second on each 429 costs a second of traffic). A longer one, or any once a cut brought no 2xx, is obeyed.
+PACE_MAX_S = 2.0
+MIN_SPAN_S = 0.02        # shortest span a rate is measured over (the first events of a run)
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
 RECENT_S = 1.0           # successes of the last second: a floor for the rate the server admits
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
@@ -46,10 +55,10 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 class _Bucket:
     """Continuous token bucket; it may go into debt, so an oversized request fits when it is full."""
 
-    def __init__(self, per_minute: float, now: float) -> None:
+    def __init__(self, per_minute: float, now: float, *, full: bool = True) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * BURST_S)
-        self.tokens = self.capacity
+        self.tokens = self.capacity if full else 1.0
         self.stamp = now
 
     def refill(self, now: float) -> None:
@@ -106,9 +115,15 @@ class _Meter:
         else:
             self._bins.append([second, 1])
 
-    def recent_rpm(self, now: float) -> float:
+    @property
+    def start(self) -> float | None:
+        """Time of the first event ever; None before it."""
+        return self._start
+
+    def recent_rpm(self, now: float, since: float) -> float:
+        """Rate of the last RECENT_S seconds, over the span since `since` when that is shorter."""
         self._trim(now)
-        return len(self._recent) * 60.0 / RECENT_S
+        return len(self._recent) * 60.0 / min(RECENT_S, max(MIN_SPAN_S, now - since))
 
     def _trim(self, now: float) -> None:
         while self._recent and self._recent[0] <= now - RECENT_S:
@@ -119,7 +134,7 @@ class _Meter:
             self._bins.popleft()
         if self._start is None:
             return 0.0
-        span = min(60.0, max(1.0, now - self._start))
+        span = min(60.0, max(MIN_SPAN_S, now - self._start))  # the real span: a run's first second too
         return sum(count for _, count in self._bins) * 60.0 / span
 
 
@@ -144,8 +159,9 @@ class _State:
     rate_level: int = 0               # exponent of the 429 cooldown when there is no Retry-After
     outage_level: int = 0
     streak: int = 0                   # consecutive transient failures
-    w_max: float | None = None        # the rpm that last drew a 429
-    no_decrease_until: float = -math.inf
+    w_max: float | None = None        # the rpm the server admitted when it last answered 429
+    cut_pending: int = 0              # calls sent before the last cut still to end: their 429s are old news
+    ok_since_cut: bool = True         # a call sent after the last cut got a 2xx
     pass_: float = 0.0                # weighted round-robin position
     disabled_reason: str | None = None
 
@@ -234,6 +250,7 @@ class KeyPool:
     def release(self, name: str, *, ok: bool, reserved_tokens: int, used_tokens: int | None = None,
                 headers: Mapping | None = None) -> None:
         """The call ended without a 429 or a transport failure: correct tokens, read headers, adapt."""
+        fresh = self._state(name).cut_pending == 0  # sent after the last cut
         st, now = self._end_call(name), self._clock()
         if st.tokens is not None and used_tokens is not None:
             st.tokens.refill(now)
@@ -248,24 +265,37 @@ class KeyPool:
         st.streak = st.rate_level = st.outage_level = 0
         st.outage_until = -math.inf  # it answered: the outage is over
         st.oks.add(now)
+        st.ok_since_cut = st.ok_since_cut or fresh
         self._increase(st, now)
 
     def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
-        """A 429: refund tokens, cool down (Retry-After or growing backoff), cut the rate."""
+        """A 429: refund tokens, cut the rate once per burst, then pace or cool down (Retry-After, backoff)."""
+        old_news = self._state(name).cut_pending > 0  # sent before the last cut: that cut answered it
         st, now = self._end_call(name), self._clock()
         st.n_429 += 1
         st.streak = 0  # a 429 is an answer: slow down, but the endpoint is reachable
         self._refund(st, reserved_tokens, now)
-        if retry_after is not None:
-            cool = min(max(0.0, float(retry_after)), HINT_MAX_S)
-        else:
-            if now >= st.rate_until:  # a new 429 after the last cooldown, not one more of the same burst
-                st.rate_level += 1
-            cool = self._backoff(max(1, st.rate_level))
+        stubborn = not old_news and not st.ok_since_cut  # the last cut brought no 2xx
+        if not old_news:
+            self._decrease(st, now)
+        cool = self._cooldown(st, retry_after, now, old_news=old_news, stubborn=stubborn)
+        if cool is None:
+            return
         st.rate_until = max(st.rate_until, now + cool)
-        self._decrease(st, now)
         if st.requests is not None:
             st.requests.hold(st.rate_until)
+
+    def _cooldown(self, st: _State, retry_after: float | None, now: float, *, old_news: bool,
+                  stubborn: bool) -> float | None:
+        """Seconds to rest after a 429; None: nothing beyond the cut already made for its burst."""
+        if retry_after is None:
+            if now >= st.rate_until:  # a new 429 after the last cooldown, not one more of the same burst
+                st.rate_level += 1
+            return self._backoff(max(1, st.rate_level))
+        hint = min(max(0.0, float(retry_after)), HINT_MAX_S)
+        if hint > PACE_MAX_S or stubborn:
+            return hint
+        return None if old_news else min(hint, self._interval(st))
 
     def failed(self, name: str, reserved_tokens: int, *, transient: bool) -> None:
         """Timeout, connection error, 5xx (transient) or any other failure: refund, count, maybe cool down."""
@@ -286,6 +316,7 @@ class KeyPool:
         if st.in_flight <= 0:
             raise ValueError(f"endpoint {name!r} has no call in flight")
         st.in_flight -= 1
+        st.cut_pending = max(0, st.cut_pending - 1)
         return st
 
     def _refund(self, st: _State, reserved_tokens: int, now: float) -> None:
@@ -301,19 +332,21 @@ class KeyPool:
     # -- adaptive rate (AIMD) -------------------------------------------------------------------
 
     def _decrease(self, st: _State, now: float) -> None:
-        """Multiplicative decrease, once per burst, from the lower of the limit and the observed rate.
+        """Cut once per burst: to just under the rate the server admitted, at most by DECREASE.
 
-        Observed: the minute's send rate or, when higher, the last second's successes (the minute's average
-        understates the rate after a slow start and would cut far below what the server admits).
+        Rates are measured over their real span (the first second of a run too), and the cut never rises
+        above the lower of the limit and the rate actually sent. Calls in flight now were sent at the old
+        rate: until they have all ended, their 429s do not cut again.
         """
-        if now < st.no_decrease_until:
-            return
-        observed = max(MIN_RPM, st.sent.rpm(now), st.oks.recent_rpm(now))
-        before = observed if st.current_rpm is None else min(st.current_rpm, observed)
-        st.w_max = before
-        self._set_rpm(st, max(MIN_RPM, before * DECREASE), now)
-        st.no_decrease_until = max(now + DECREASE_GAP_S, st.rate_until)
-        logger.info("endpoint %s: 429, rate %.1f -> %.1f rpm", st.endpoint.name, before, st.current_rpm)
+        sent = max(MIN_RPM, st.sent.rpm(now))
+        before = sent if st.current_rpm is None else min(st.current_rpm, sent)
+        admitted = st.oks.recent_rpm(now, st.sent.start or now)
+        cut = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
+        st.w_max = max(MIN_RPM, min(before, admitted)) if admitted > 0 else before
+        self._set_rpm(st, max(MIN_RPM, cut), now)
+        st.cut_pending, st.ok_since_cut = st.in_flight, False
+        logger.info("endpoint %s: 429, rate %.1f -> %.1f rpm (admitted %.1f)",
+                    st.endpoint.name, before, st.current_rpm, admitted)
 
     def _increase(self, st: _State, now: float) -> None:
         """Additive increase per success, never above the configured rpm (or 2× the observed ok rate)."""
@@ -336,7 +369,7 @@ class KeyPool:
     def _set_rpm(self, st: _State, rpm: float, now: float) -> None:
         st.current_rpm = rpm
         if st.requests is None:
-            st.requests = _Bucket(rpm, now)
+            st.requests = _Bucket(rpm, now, full=False)
         else:
             st.requests.set_rate(rpm, now)
 
@@ -422,7 +455,7 @@ def _check_pool(endpoints: list[Endpoint]) -> None:
 def _new_state(endpoint: Endpoint, index: int, now: float) -> _State:
     rpm, tpm = endpoint.rpm, endpoint.tpm
     return _State(endpoint=endpoint, index=index, current_rpm=rpm,
-                  requests=_Bucket(rpm, now) if rpm is not None else None,
+                  requests=_Bucket(rpm, now, full=False) if rpm is not None else None,
                   tokens=_Bucket(tpm, now) if tpm is not None else None)
 
 

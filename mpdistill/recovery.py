@@ -17,7 +17,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _KEY = re.compile(rb'\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
-_KEY_AT_LINE_START = re.compile(rb'^\{"line": (\d+)(?:, "iteration": (\d+))?[,}]', re.MULTILINE)
+# Matched after a newline, not with ^ and MULTILINE: a literal prefix lets the regex engine skip ahead fast.
+_KEY_AFTER_NEWLINE = re.compile(rb'\n\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
+_ONLY_KEY_AFTER_NEWLINE = re.compile(rb'\n\{"line": (\d+)[,}]')   # when rounds do not matter
 _CHUNK = 1 << 22
 
 
@@ -55,33 +57,59 @@ def line_key_iteration(line: bytes) -> tuple[int, int | None] | None:
     return key, iteration if isinstance(iteration, int) else None
 
 
-def scan_file(path: Path, offset: int = 0, iteration: int | None = None) -> Scan:
+def scan_file(path: Path, offset: int = 0, iteration: int | None = None, rounds: bool = False) -> Scan:
     """Keys of the complete lines of `path` from `offset`; a torn last line is backed up and cut.
 
-    With `iteration`, only lines of that round count (repeated runs of one input).
+    With `iteration`, only lines of that round count (repeated runs of one input); with `rounds`,
+    `max_iteration` is filled in.
     """
+    rounds = rounds or iteration is not None
     scan = Scan(end_offset=offset)
     if not path.exists():
         return scan
     with open(path, "rb") as f:
-        f.seek(offset)
-        tail = b""
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            data = tail + chunk
+        while True:
+            f.seek(scan.end_offset)
+            data = f.read(_CHUNK)
             cut = data.rfind(b"\n") + 1
-            complete, tail = data[:cut], data[cut:]
-            _scan_lines(complete, iteration, scan)
-            scan.end_offset += len(complete)
+            while not cut and len(data) >= _CHUNK:   # a line longer than a chunk
+                more = f.read(_CHUNK)
+                data += more
+                cut = data.rfind(b"\n") + 1
+                if not more:
+                    break
+            if not cut:
+                break
+            lines = data[:cut] if cut < len(data) else data
+            if rounds:
+                _scan_lines(lines, iteration, scan)
+            else:
+                _scan_keys(lines, scan)
+            scan.end_offset += cut
+        tail = bool(data)
     if tail:
         scan.torn_backup = cut_torn_tail(path, scan.end_offset)
     return scan
 
 
+def _scan_keys(data: bytes, scan: Scan) -> None:
+    """Keys of complete lines, rounds ignored: the hot path of a resume without checkpoint."""
+    first = _KEY.match(data)
+    found = _ONLY_KEY_AFTER_NEWLINE.findall(data) if first else []
+    if first and len(found) + 1 == data.count(b"\n"):
+        scan.keys.append(int(first.group(1)))
+        scan.keys.extend(map(int, found))
+    else:
+        _scan_lines(data, None, scan)
+
+
 def _scan_lines(data: bytes, iteration: int | None, scan: Scan) -> None:
     """Keys of complete lines: one regex pass when every line starts as ours, else line by line."""
-    found = _KEY_AT_LINE_START.findall(data)
-    if len(found) == data.count(b"\n"):
-        pairs = [(int(k), int(i) if i else None) for k, i in found]
+    first = _KEY.match(data)
+    found = _KEY_AFTER_NEWLINE.findall(data) if first else []
+    if first and len(found) + 1 == data.count(b"\n"):
+        pairs = [(int(first.group(1)), int(first.group(2)) if first.group(2) else None)]
+        pairs += [(int(k), int(i) if i else None) for k, i in found]
     else:
         pairs = []
         for line in data.split(b"\n")[:-1]:

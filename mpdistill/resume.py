@@ -6,6 +6,7 @@ when the checkpoint is unreadable or claims more than they hold.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -36,7 +37,10 @@ def config_fingerprint(fields: dict) -> str:
 def _mark_keys(ckpt: CheckpointManager, keys: list[int]) -> int:
     """Mark keys found in a file as done; returns how many were new. A run of keys that continues
     the watermark (the usual case: a whole output) is marked in one step."""
-    fresh = sorted({k for k in keys if k >= ckpt.start and not ckpt.is_done(k)})
+    ordered = sorted(set(keys))
+    fresh = ordered[bisect.bisect_left(ordered, ckpt.watermark):]   # below the watermark: done
+    if ckpt.sparse:
+        fresh = [k for k in fresh if k not in ckpt.sparse]
     if not fresh:
         return 0
     run = _contiguous_prefix(fresh, ckpt.watermark)
@@ -137,7 +141,7 @@ def current_round(ckpt: CheckpointManager, output: Path, loaded: bool) -> int:
     """The round a repeated run is in: the checkpoint's, else the last one the output shows."""
     if loaded and ckpt.meta.get("iteration"):
         return int(ckpt.meta["iteration"])
-    return max(1, scan_file(output, 0).max_iteration)
+    return max(1, scan_file(output, 0, rounds=True).max_iteration)
 
 
 def next_round(ckpt: CheckpointManager) -> int:
