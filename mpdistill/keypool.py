@@ -159,7 +159,7 @@ class _State:
     rate_level: int = 0               # exponent of the 429 cooldown when there is no Retry-After
     outage_level: int = 0
     streak: int = 0                   # consecutive transient failures
-    w_max: float | None = None        # the rpm the server admitted when it last answered 429
+    w_max: float | None = None        # the rpm that last drew a 429
     cut_pending: int = 0              # calls sent before the last cut still to end: their 429s are old news
     ok_since_cut: bool = True         # a call sent after the last cut got a 2xx
     pass_: float = 0.0                # weighted round-robin position
@@ -338,11 +338,12 @@ class KeyPool:
         above the lower of the limit and the rate actually sent. Calls in flight now were sent at the old
         rate: until they have all ended, their 429s do not cut again.
         """
-        sent = max(MIN_RPM, st.sent.rpm(now))
+        start = st.sent.start or now
+        sent = max(MIN_RPM, st.sent.rpm(now), st.sent.recent_rpm(now, start))  # the minute's average lags a ramp
         before = sent if st.current_rpm is None else min(st.current_rpm, sent)
-        admitted = st.oks.recent_rpm(now, st.sent.start or now)
+        admitted = st.oks.recent_rpm(now, start)
         cut = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
-        st.w_max = max(MIN_RPM, min(before, admitted)) if admitted > 0 else before
+        st.w_max = before
         self._set_rpm(st, max(MIN_RPM, cut), now)
         st.cut_pending, st.ok_since_cut = st.in_flight, False
         logger.info("endpoint %s: 429, rate %.1f -> %.1f rpm (admitted %.1f)",

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,21 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> bool:
+    """Poll `predicate` until it is true (True), the timeout passes or `proc` exits (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and (proc is None or proc.poll() is None):
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def line_count(path: Path) -> int:
+    """Complete lines in a file (0 if it does not exist yet)."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 class Workdir:

@@ -6,16 +6,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import Workdir, clean_env, read_jsonl, write_jsonl
-
-
-def _wait(predicate, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.conftest import Workdir, clean_env, read_jsonl, wait_for, write_jsonl
 
 
 def _stop(wd: Workdir):
@@ -43,19 +34,19 @@ def test_follow_jsonl_picks_up_appended_rows_and_stop_ends_it(workdir):
     """--follow reads rows appended later, ignores a half-written line until complete; --stop exits 0."""
     write_jsonl(workdir.input, [{"id": f"a{i}", "prompt": f"p{i}"} for i in range(5)])
     proc = workdir.popen("--follow")
-    assert _wait(lambda: len(read_jsonl(workdir.output)) == 5)
+    assert wait_for(lambda: len(read_jsonl(workdir.output)) == 5)
     with open(workdir.input, "a") as f:
         f.write(json.dumps({"id": "b0", "prompt": "later"}) + "\n")
         f.write('{"id": "b1", "prom')
         f.flush()
-    assert _wait(lambda: len(read_jsonl(workdir.output)) == 6)
+    assert wait_for(lambda: len(read_jsonl(workdir.output)) == 6)
     time.sleep(1.0)
     assert len(read_jsonl(workdir.output)) == 6  # the half line is not read yet
     status = json.loads((workdir.checkpoints / "mock-model_status.json").read_text())
     assert status["state"] == "waiting for input"
     with open(workdir.input, "a") as f:
         f.write('pt": "now whole"}\n')
-    assert _wait(lambda: len(read_jsonl(workdir.output)) == 7)
+    assert wait_for(lambda: len(read_jsonl(workdir.output)) == 7)
     assert _stop(workdir).returncode == 0
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -70,9 +61,9 @@ def test_follow_folder_picks_up_new_numbered_files(workdir):
     (reports / "report_1.txt").write_text("one")
     workdir.input = reports
     proc = workdir.popen("--follow")
-    assert _wait(lambda: len(read_jsonl(workdir.output)) == 1)
+    assert wait_for(lambda: len(read_jsonl(workdir.output)) == 1)
     (reports / "report_2.txt").write_text("two")
-    assert _wait(lambda: len(read_jsonl(workdir.output)) == 2)
+    assert wait_for(lambda: len(read_jsonl(workdir.output)) == 2)
     assert _stop(workdir).returncode == 0
     proc.communicate(timeout=60)
     assert proc.returncode == 0

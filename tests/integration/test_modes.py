@@ -7,7 +7,7 @@ import sys
 import time
 
 from mpdistill.mockserver import MockServer
-from tests.conftest import Workdir, clean_env, read_jsonl, write_jsonl
+from tests.conftest import Workdir, clean_env, line_count, wait_for, write_jsonl
 
 
 def test_iterations_with_delay_record_their_round(workdir):
@@ -64,9 +64,7 @@ def test_stop_from_another_process_and_monitor(tmp_path):
         wd = Workdir(tmp_path, server.url)
         write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(400)])
         proc = wd.popen(processes=4)
-        deadline = time.time() + 30
-        while len(read_jsonl(wd.output)) < 8 and time.time() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: line_count(wd.output) >= 8, proc=proc)
         time.sleep(1.2)
         cli = [sys.executable, "-m", "mpdistill"]
         kw = dict(cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=30)

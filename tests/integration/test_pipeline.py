@@ -7,7 +7,7 @@ import time
 
 from PIL import Image
 
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import line_count, wait_for, write_jsonl
 
 
 def _image(path, size=(40, 30), fmt="PNG"):
@@ -131,9 +131,7 @@ def test_sigint_mid_run_saves_checkpoint_and_resume_finishes(tmp_path):
         wd = Workdir(tmp_path, server.url)
         write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(300)])
         proc = wd.popen(processes=4)
-        deadline = time.time() + 30
-        while len(read_jsonl(wd.output)) < 20 and time.time() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: line_count(wd.output) >= 20, proc=proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
@@ -170,12 +168,8 @@ def _slow_run(tmp_path, latency_ms=2000, rows=100):
 
 def _wait_busy(wd, proc, timeout=30):
     """Until the run's status file shows requests in flight."""
-    deadline = time.time() + timeout
     path = wd.checkpoints / "mock-model_status.json"
-    while time.time() < deadline and proc.poll() is None:
-        if path.exists() and json.loads(path.read_text()).get("in_flight", 0) > 0:
-            return
-        time.sleep(0.1)
+    wait_for(lambda: path.exists() and json.loads(path.read_text()).get("in_flight", 0) > 0, timeout, proc)
 
 
 def test_second_ctrl_c_exits_at_once_without_losing_durable_lines(tmp_path):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mpdistill.mockserver import MockServer
-from tests.conftest import ROOT, Workdir, clean_env, write_jsonl
+from tests.conftest import ROOT, Workdir, clean_env, line_count, wait_for, write_jsonl
 
 N_ROWS = 400
 
@@ -30,11 +30,7 @@ def _assert_exact(wd: Workdir, n=N_ROWS):
 
 
 def _wait_rows(wd: Workdir, at_least: int, proc, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if wd.output.exists() and wd.output.read_bytes().count(b"\n") >= at_least:
-            return
-        time.sleep(0.02)
+    wait_for(lambda: line_count(wd.output) >= at_least, timeout, proc)
 
 
 def _children(pid: int) -> list[int]:

@@ -5,10 +5,9 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 from mpdistill.formats import from_batch_output
-from tests.conftest import clean_env, read_jsonl, write_jsonl
+from tests.conftest import clean_env, line_count, read_jsonl, wait_for, write_jsonl
 
 
 def _cli(cwd, *args, timeout=120):
@@ -42,10 +41,7 @@ def test_two_models_each_resume_independently_after_a_kill(tmp_path):
     cmd = [sys.executable, "-m", "mpdistill", "run-task", str(task), "--no-progress",
            "--checkpoint-dir", str(tmp_path / "ck")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    a = tmp_path / "out" / "teacher-a" / "results.jsonl"
-    deadline = time.time() + 30
-    while time.time() < deadline and (not a.exists() or a.read_bytes().count(b"\n") < 40):
-        time.sleep(0.02)
+    wait_for(lambda: line_count(tmp_path / "out" / "teacher-a" / "results.jsonl") >= 40, proc=proc)
     proc.kill()
     proc.communicate()
     assert {p.name for p in (tmp_path / "ck").glob("*_checkpoint.pkl")} <= {
