@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 from .checkpoint import CheckpointManager
 from .config import RunConfig
 from .errors import InputFileError, OutputError
+from .formats import is_batch_output
 from .fsutil import atomic_write
 from .recovery import line_key
 from .source import BadRow, Blank, JsonlSource
@@ -114,9 +115,14 @@ def classify(raw: bytes, inputs: InputIndex | None) -> tuple[str, int | None, st
         return "bad", None, None
     if not isinstance(obj, dict):
         return "bad", None, None
-    key, rid = obj.get("line"), obj.get("id")
+    if is_batch_output(obj):   # --output-format openai-batch: the custom_id is the row's id
+        key, rid = obj.get("line"), obj.get("custom_id")
+        required = ("response",)
+    else:
+        key, rid = obj.get("line"), obj.get("id")
+        required = REQUIRED_KEYS
     if (not isinstance(key, int) or isinstance(key, bool) or not isinstance(rid, str)
-            or any(name not in obj for name in REQUIRED_KEYS)):
+            or any(name not in obj for name in required)):
         return "fields", None, None
     if inputs is not None and not inputs.knows(key, rid):
         return "unknown", key, rid

@@ -1,6 +1,8 @@
 """Integration tests of `--validate`: files built in tmp_path, checked and repaired through the CLI."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mpdistill import cli, validate
@@ -167,3 +169,20 @@ def test_exit_codes_match_the_cli():
     """validate's exit codes are the CLI's (it defines them to avoid importing the CLI)."""
     assert (validate.EXIT_OK, validate.EXIT_USAGE, validate.EXIT_REPAIRED) == (
         cli.EXIT_OK, cli.EXIT_USAGE, cli.EXIT_REPAIRED)
+
+
+def test_batch_format_output_is_sound(tmp_path, monkeypatch):
+    """An output written with --output-format openai-batch validates as sound (custom_id is the id)."""
+    from mpdistill.formats import to_batch_output
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"c{i}", "body": {"messages": [
+        {"role": "user", "content": f"q{i}"}]}}) + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    out.write_text("".join(json.dumps(to_batch_output({
+        "line": i + 1, "id": f"c{i}", "custom_id": f"c{i}", "answer": "a", "model": "m",
+        "processed_at": "t"})) + "\n" for i in range(3)))
+    before = out.read_bytes()
+    code = cli.main(["validate", "-o", str(out), "-i", str(src), "--checkpoint-dir", str(tmp_path / "ck"),
+                     "--log-dir", str(tmp_path / "logs")])
+    assert code == 0 and out.read_bytes() == before
