@@ -206,3 +206,17 @@ def test_disk_full_stops_cleanly_and_rerun_completes(workdir):
     rerun = workdir.run(processes=4)
     assert rerun.returncode == 0, rerun.stderr
     _assert_exact(workdir, 200)
+
+
+def test_retry_failed_runs_the_failed_rows_again(workdir, mock_server):
+    """Failed rows count as done on a rerun; --retry-failed tries them again and keeps the old errors file."""
+    write_jsonl(workdir.input, [{"id": "ok", "prompt": "fine"}, {"id": "flaky", "prompt": "[[fail:500:2]] x"}])
+    assert workdir.run("--max-retries", "1").returncode == 3
+    mock_server.reset_stats()
+    assert workdir.run("--max-retries", "1").returncode == 3       # failed rows are not retried...
+    assert mock_server.stats()["requests"] == 0
+    proc = workdir.run("--retry-failed")                            # ...unless asked
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["id"] for r in workdir.results()) == ["flaky", "ok"]
+    assert mock_server.stats()["requests"] == 1
+    assert list(workdir.errors.parent.glob("results.errors.jsonl.bak-*"))
