@@ -11,12 +11,12 @@ import math
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mpdistill.endpoint import Endpoint, mask_key
 from mpdistill.errors import ConfigError
+from mpdistill.ratelimit import RECENT_S, Bucket, Meter
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 # A 429 leaves one request token for the end of the cooldown, so a cooldown never ends in a burst.
 # A request bucket starts with one token (slow start): a full one would send a second of a possibly too high
 # rpm at once, and a server that admits a burst of a few answers most of it 429.
-BURST_S = 1.0
 MIN_RPM = 1.0            # AIMD floor
 DECREASE = 0.7           # the deepest cut one 429 makes
 # A 429 cuts to just under the rate the server admitted (2xx) in the last second: one cut reaches the limit,
@@ -42,100 +41,12 @@ NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, th
 # rate does the slowing (nginx-style limiters say `Retry-After: 1` whatever the rate, and waiting a whole
 # second on each 429 costs a second of traffic). A longer one, or any once a cut brought no 2xx, is obeyed.
 PACE_MAX_S = 2.0
-MIN_SPAN_S = 0.02        # shortest span a rate is measured over (the first events of a run)
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
-RECENT_S = 1.0           # successes of the last second: a floor for the rate the server admits
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
 HINT_MAX_S = 3600.0      # server hints (Retry-After, reset headers) are honoured up to an hour
 _EPS = 1e-9
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class _Bucket:
-    """Continuous token bucket; it may go into debt, so an oversized request fits when it is full."""
-
-    def __init__(self, per_minute: float, now: float, *, full: bool = True) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * BURST_S)
-        self.tokens = self.capacity if full else 1.0
-        self.stamp = now
-
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-
-    def set_rate(self, per_minute: float, now: float) -> None:
-        self.refill(now)
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * BURST_S)
-        self.tokens = min(self.tokens, self.capacity)
-
-    def wait(self, amount: float, now: float) -> float:
-        """Seconds until `amount` may be taken; 0.0 when it may be taken now."""
-        self.refill(now)
-        short = min(amount, self.capacity) - self.tokens
-        return 0.0 if short <= _EPS else max(0.0, self.stamp - now) + short / self.rate
-
-    def give(self, amount: float) -> None:
-        """Add (or, when negative, take) tokens."""
-        self.tokens = min(self.capacity, self.tokens + amount)
-
-    def fraction(self) -> float:
-        return max(0.0, self.tokens / self.capacity)
-
-    def hold(self, until: float) -> None:
-        """Keep one token for `until` and refill only from then on, so a cooldown does not end in a burst."""
-        self.refill(until)
-        self.tokens = min(self.tokens, 1.0)
-        self.stamp = max(self.stamp, until)
-
-
-class _Meter:
-    """Events of the last minute in one-second bins: an observed rate without a timestamp per event.
-
-    The last RECENT_S seconds are also kept exactly: the rate just before a 429, which the minute's
-    average understates after a slow start (workers still starting, a cooldown).
-    """
-
-    def __init__(self) -> None:
-        self._bins: deque[list] = deque()
-        self._start: float | None = None
-        self._recent: deque[float] = deque()
-
-    def add(self, now: float) -> None:
-        self._recent.append(now)
-        self._trim(now)
-        second = math.floor(now)
-        if self._start is None:
-            self._start = now
-        if self._bins and self._bins[-1][0] == second:
-            self._bins[-1][1] += 1
-        else:
-            self._bins.append([second, 1])
-
-    @property
-    def start(self) -> float | None:
-        """Time of the first event ever; None before it."""
-        return self._start
-
-    def recent_rpm(self, now: float, since: float) -> float:
-        """Rate of the last RECENT_S seconds, over the span since `since` when that is shorter."""
-        self._trim(now)
-        return len(self._recent) * 60.0 / min(RECENT_S, max(MIN_SPAN_S, now - since))
-
-    def _trim(self, now: float) -> None:
-        while self._recent and self._recent[0] <= now - RECENT_S:
-            self._recent.popleft()
-
-    def rpm(self, now: float) -> float:
-        while self._bins and self._bins[0][0] <= now - 61:
-            self._bins.popleft()
-        if self._start is None:
-            return 0.0
-        span = min(60.0, max(MIN_SPAN_S, now - self._start))  # the real span: a run's first second too
-        return sum(count for _, count in self._bins) * 60.0 / span
 
 
 @dataclass(eq=False)
@@ -144,11 +55,11 @@ class _State:
 
     endpoint: Endpoint
     index: int
-    requests: _Bucket | None          # None: unlimited requests (until a 429 teaches a limit)
-    tokens: _Bucket | None            # None: unlimited tokens
+    requests: Bucket | None          # None: unlimited requests (until a 429 teaches a limit)
+    tokens: Bucket | None            # None: unlimited tokens
     current_rpm: float | None
-    sent: _Meter = field(default_factory=_Meter)
-    oks: _Meter = field(default_factory=_Meter)
+    sent: Meter = field(default_factory=Meter)
+    oks: Meter = field(default_factory=Meter)
     in_flight: int = 0
     n_requests: int = 0
     n_ok: int = 0
@@ -161,7 +72,8 @@ class _State:
     streak: int = 0                   # consecutive transient failures
     w_max: float | None = None        # the rpm that last drew a 429
     cut_pending: int = 0              # calls sent before the last cut still to end: their 429s are old news
-    ok_since_cut: bool = True         # a call sent after the last cut got a 2xx
+    ok_since_cut: bool = True         # a 2xx came after the last cut: the endpoint still admits some
+    rested_until: float = -math.inf   # end of the last real rest (not a paced interval): rates restart there
     pass_: float = 0.0                # weighted round-robin position
     disabled_reason: str | None = None
 
@@ -250,7 +162,6 @@ class KeyPool:
     def release(self, name: str, *, ok: bool, reserved_tokens: int, used_tokens: int | None = None,
                 headers: Mapping | None = None) -> None:
         """The call ended without a 429 or a transport failure: correct tokens, read headers, adapt."""
-        fresh = self._state(name).cut_pending == 0  # sent after the last cut
         st, now = self._end_call(name), self._clock()
         if st.tokens is not None and used_tokens is not None:
             st.tokens.refill(now)
@@ -265,7 +176,7 @@ class KeyPool:
         st.streak = st.rate_level = st.outage_level = 0
         st.outage_until = -math.inf  # it answered: the outage is over
         st.oks.add(now)
-        st.ok_since_cut = st.ok_since_cut or fresh
+        st.ok_since_cut = True
         self._increase(st, now)
 
     def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
@@ -275,13 +186,15 @@ class KeyPool:
         st.n_429 += 1
         st.streak = 0  # a 429 is an answer: slow down, but the endpoint is reachable
         self._refund(st, reserved_tokens, now)
-        stubborn = not old_news and not st.ok_since_cut  # the last cut brought no 2xx
+        stubborn = not old_news and not st.ok_since_cut  # no 2xx at all since the last cut
         if not old_news:
             self._decrease(st, now)
         cool = self._cooldown(st, retry_after, now, old_news=old_news, stubborn=stubborn)
         if cool is None:
             return
         st.rate_until = max(st.rate_until, now + cool)
+        if cool > self._interval(st):
+            st.rested_until = st.rate_until
         if st.requests is not None:
             st.requests.hold(st.rate_until)
 
@@ -307,7 +220,7 @@ class KeyPool:
         st.streak += 1
         if st.streak >= TRANSIENT_STREAK and now >= st.outage_until:
             st.outage_level += 1
-            st.outage_until = now + self._backoff(st.outage_level)
+            st.outage_until = st.rested_until = now + self._backoff(st.outage_level)
             logger.warning("endpoint %s: %d transient failures in a row, cooling down %.1f s",
                            name, st.streak, st.outage_until - now)
 
@@ -339,9 +252,12 @@ class KeyPool:
         rate: until they have all ended, their 429s do not cut again.
         """
         start = st.sent.start or now
+        if st.rested_until <= now:  # measure since the last rest: its idle time says nothing of the limit
+            start = max(start, st.rested_until)
         sent = max(MIN_RPM, st.sent.rpm(now), st.sent.recent_rpm(now, start))  # the minute's average lags a ramp
         before = sent if st.current_rpm is None else min(st.current_rpm, sent)
-        admitted = st.oks.recent_rpm(now, start)
+        # Over less than a second the server's burst allowance inflates the admitted rate: cut by DECREASE then.
+        admitted = st.oks.recent_rpm(now, start) if now - start >= RECENT_S else 0.0
         cut = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
         st.w_max = before
         self._set_rpm(st, max(MIN_RPM, cut), now)
@@ -370,7 +286,7 @@ class KeyPool:
     def _set_rpm(self, st: _State, rpm: float, now: float) -> None:
         st.current_rpm = rpm
         if st.requests is None:
-            st.requests = _Bucket(rpm, now, full=False)
+            st.requests = Bucket(rpm, now, full=False)
         else:
             st.requests.set_rate(rpm, now)
 
@@ -456,8 +372,8 @@ def _check_pool(endpoints: list[Endpoint]) -> None:
 def _new_state(endpoint: Endpoint, index: int, now: float) -> _State:
     rpm, tpm = endpoint.rpm, endpoint.tpm
     return _State(endpoint=endpoint, index=index, current_rpm=rpm,
-                  requests=_Bucket(rpm, now, full=False) if rpm is not None else None,
-                  tokens=_Bucket(tpm, now) if tpm is not None else None)
+                  requests=Bucket(rpm, now, full=False) if rpm is not None else None,
+                  tokens=Bucket(tpm, now) if tpm is not None else None)
 
 
 def _describe(st: _State, now: float) -> dict:
