@@ -44,7 +44,6 @@ PACE_MAX_S = 2.0
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
 HINT_MAX_S = 3600.0      # server hints (Retry-After, reset headers) are honoured up to an hour
-_EPS = 1e-9
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
