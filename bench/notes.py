@@ -98,13 +98,6 @@ MISSES: dict[str, dict[str, str]] = {
 
 # Changes measured by prototypes (monkeypatches) that belong to other modules; listed in every report.
 SUGGESTIONS: list[str] = [
-    "runner.py `Runner._loop`: dispatch right after `pool.wait()` (the pool has freed the slots) and "
-    "build/encode result records after it; latency-bound manager share of the cycle 1.25–1.68 ms → "
-    "0.51–1.31 ms, steady +0.3–0.5 % (workload 1 sits at 0.98–0.985 without it).",
-    "keypool.py: no opening burst (pace from a near-empty request bucket), measure the first second's "
-    "rate over its real span in `_Meter.rpm`, and on a 429 with Retry-After slow the pace instead of "
-    "pausing the endpoint; see workload 3 above for the prototypes' figures.",
-    "recovery.py `scan_file` (chunk regex), resume.py `reconcile` (advance the watermark in bulk), "
-    "source.py `JsonlSource.rows` (skip done lines by counting newlines in chunks), api.py (the single "
-    "job's bound `is_done`): resume without a checkpoint ~2.9 s → ~1.7 s; see workload 4 above.",
+    # Done since they were measured: dispatch right after pool.wait() (runner.py), slow start and
+    # paced Retry-After (keypool.py), bulk resume scan and skip (recovery.py, resume.py, source.py).
 ]

@@ -106,7 +106,8 @@ def write_results(path: Path, *, mode: str, started: float, server_line: str, ce
     else:
         lines.append("- server ceiling: wrk not installed, not measured")
     lines += ["", "## Figures", ""] + table(figures) + ["", "## Missed targets", ""] + misses(figures)
-    lines += ["", "## Suggestions for code the bench does not own", ""] + [f"- {s}" for s in SUGGESTIONS]
+    if SUGGESTIONS:
+        lines += ["", "## Suggestions for code the bench does not own", ""] + [f"- {s}" for s in SUGGESTIONS]
     if notes:
         lines += ["", "## Notes", ""] + [f"```\n{n}\n```" if "\n" in n else f"- {n}" for n in notes]
     lines += ["", "## How each figure is taken", "", *HOW]

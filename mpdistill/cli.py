@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -124,6 +125,15 @@ def _read_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     return data
+
+
+def program(argv: list[str] | None = None, prog: str = "mpdistill") -> None:
+    """Entry point of the `mpdistill` command and the scripts: run, then exit with the code."""
+    code = main(argv, prog)
+    # Nothing is left to free: spare the interpreter's exit a full collection of the SDK's many
+    # objects (~0.15 s, much of what resuming a nearly finished run costs).
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None, prog: str = "mpdistill") -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ _KEY = re.compile(rb'\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
 _KEY_AFTER_NEWLINE = re.compile(rb'\n\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
 _ONLY_KEY_AFTER_NEWLINE = re.compile(rb'\n\{"line": (\d+)[,}]')   # when rounds do not matter
 _CHUNK = 1 << 22
+_PARALLEL_BYTES = 64 << 20   # from this size on, a resume scan uses a second process
 
 
 @dataclass
@@ -61,35 +64,78 @@ def scan_file(path: Path, offset: int = 0, iteration: int | None = None, rounds:
     """Keys of the complete lines of `path` from `offset`; a torn last line is backed up and cut.
 
     With `iteration`, only lines of that round count (repeated runs of one input); with `rounds`,
-    `max_iteration` is filled in.
+    `max_iteration` is filled in. A large plain scan uses both halves of the file at once.
     """
     rounds = rounds or iteration is not None
-    scan = Scan(end_offset=offset)
     if not path.exists():
-        return scan
+        return Scan(end_offset=offset)
     with open(path, "rb") as f:
-        while True:
-            f.seek(scan.end_offset)
-            data = f.read(_CHUNK)
-            cut = data.rfind(b"\n") + 1
-            while not cut and len(data) >= _CHUNK:   # a line longer than a chunk
-                more = f.read(_CHUNK)
-                data += more
-                cut = data.rfind(b"\n") + 1
-                if not more:
-                    break
-            if not cut:
-                break
-            lines = data[:cut] if cut < len(data) else data
-            if rounds:
-                _scan_lines(lines, iteration, scan)
-            else:
-                _scan_keys(lines, scan)
-            scan.end_offset += cut
-        tail = bool(data)
+        size = os.fstat(f.fileno()).st_size
+        if rounds or size - offset < _PARALLEL_BYTES or not hasattr(os, "fork"):
+            scan, tail = _scan_range(f, offset, size, iteration, rounds)
+        else:
+            scan, tail = _scan_halves(f, offset, size)
     if tail:
         scan.torn_backup = cut_torn_tail(path, scan.end_offset)
     return scan
+
+
+def _scan_range(f, start: int, stop: int, iteration: int | None, rounds: bool) -> tuple[Scan, bool]:
+    """Scan the lines that begin in [start, stop); True as well when the file ends in a torn line."""
+    scan = Scan(end_offset=start)
+    data = b""
+    fd = f.fileno()   # pread: a forked scanner shares this file's offset, so never seek it
+    while scan.end_offset < stop:
+        data = os.pread(fd, min(_CHUNK, stop - scan.end_offset), scan.end_offset)
+        cut = data.rfind(b"\n") + 1
+        while not cut and data and scan.end_offset + len(data) < stop:   # a line longer than a chunk
+            more = os.pread(fd, _CHUNK, scan.end_offset + len(data))
+            if not more:
+                break
+            data += more
+            cut = data.rfind(b"\n") + 1
+        if not cut:
+            break
+        lines = data[:cut] if cut < len(data) else data
+        if rounds:
+            _scan_lines(lines, iteration, scan)
+        else:
+            _scan_keys(lines, scan)
+        scan.end_offset += cut
+        data = data[cut:]
+    return scan, bool(data)
+
+
+def _scan_halves(f, start: int, stop: int) -> tuple[Scan, bool]:
+    """Scan the second half of the range in a forked child while this process scans the first."""
+    f.seek(start + (stop - start) // 2)
+    f.readline()
+    mid = f.tell()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: scan, send keys and counts, leave without any cleanup of the parent's
+        try:
+            os.close(read_end)
+            half, tail = _scan_range(f, mid, stop, None, False)
+            payload = pickle.dumps((array("q", half.keys).tobytes(), half.bad_lines, half.end_offset, tail))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    first, first_tail = _scan_range(f, start, mid, None, False)   # torn only when mid is the end
+    with os.fdopen(read_end, "rb") as inp:
+        raw = inp.read()
+    os.waitpid(pid, 0)
+    if not raw:   # the child failed: scan the second half here
+        second, tail = _scan_range(f, mid, stop, None, False)
+    else:
+        keys, bad, end, tail = pickle.loads(raw)
+        second = Scan(keys=array("q", keys).tolist(), end_offset=end, bad_lines=bad)
+    first.keys.extend(second.keys)
+    first.bad_lines += second.bad_lines
+    first.end_offset = second.end_offset if mid < stop else first.end_offset
+    return first, tail or first_tail
 
 
 def _scan_keys(data: bytes, scan: Scan) -> None:

@@ -209,6 +209,8 @@ class Runner:
             if self._done():
                 break
             outcomes, lost = self.pool.wait(self._wait_for(now))
+            if outcomes and not self._stop:
+                self._dispatch()   # the pool freed their slots: refill them before the bookkeeping
             for outcome in outcomes:
                 self._handle(outcome)
             for tid in lost:
