@@ -72,6 +72,18 @@ def with_mock(cfg: RunConfig, stack: ExitStack, announce: Callable[[str], None],
     return dataclasses.replace(cfg, **changes)
 
 
+def _with_endpoints(cfg: RunConfig, jobs, job_endpoints: tuple[Endpoint, ...], stack: ExitStack,
+                    announce) -> RunConfig:
+    """The config with every endpoint of the run: the models' own, the run's, or the mock."""
+    endpoints = () if cfg.mock else resolve_endpoints(cfg)
+    if endpoints:
+        return dataclasses.replace(cfg, endpoints=job_endpoints + endpoints)
+    unserved = [s.model for s in (jobs or default_jobs(cfg)) if not any(e.serves(s.model) for e in job_endpoints)]
+    if job_endpoints and not unserved:
+        return dataclasses.replace(cfg, endpoints=job_endpoints)
+    return with_mock(cfg, stack, announce, job_endpoints, unserved)
+
+
 def _with_input(cfg: RunConfig, announce) -> RunConfig:
     if cfg.input:
         return cfg
@@ -165,14 +177,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
     """
     announce = announce or log.info
     with ExitStack() as stack:
-        endpoints = () if cfg.mock else resolve_endpoints(cfg)
-        if endpoints:
-            cfg = dataclasses.replace(cfg, endpoints=tuple(job_endpoints) + endpoints)
-        else:
-            unserved = [s.model for s in (jobs or default_jobs(cfg))
-                        if not any(e.serves(s.model) for e in job_endpoints)]
-            cfg = with_mock(cfg, stack, announce, job_endpoints, unserved) if unserved or not job_endpoints \
-                else dataclasses.replace(cfg, endpoints=tuple(job_endpoints))
+        cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
         register_secrets(e.api_key for e in cfg.endpoints)
         if rows is None:
             cfg = _with_input(cfg, announce)
