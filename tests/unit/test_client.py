@@ -264,3 +264,19 @@ def test_mock_server_json_object_then_badjson_marker():
             complete(api, marked)
         assert "raw answer: mock answer: q" in str(info.value)
         assert complete(api, marked).extracted is not None
+
+
+def test_post_chat_sends_extra_body_and_plain_params_like_create():
+    """extra_body is merged into the JSON body and unlisted params (vLLM's top_k) pass through."""
+    import json as _json
+    from mpdistill.client import complete, make_client
+    from mpdistill.endpoint import Endpoint
+    from mpdistill.mockserver import MockServer
+    with MockServer() as server:
+        api = make_client(Endpoint("e", server.url, "sk-test-0001"), timeout=5)
+        c = complete(api, {"model": "m", "messages": [{"role": "user", "content": "[[echo_params]] x"}],
+                           "temperature": 0.3, "top_k": 7, "extra_body": {"repetition_penalty": 1.1},
+                           "extra_headers": {"X-Trace": "t1"}})
+    sent = _json.loads(c.answer)
+    assert sent["temperature"] == 0.3 and sent["top_k"] == 7 and sent["repetition_penalty"] == 1.1
+    assert "extra_body" not in sent and "extra_headers" not in sent
