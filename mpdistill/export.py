@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from .formats import from_batch_output, is_batch_output
+
 log = logging.getLogger(__name__)
 
 JSON_DIR, THINKING_DIR = "json_results", "thinking_chains"
@@ -69,6 +71,8 @@ def _row(raw: bytes) -> dict | None:
         row = json.loads(raw)
     except ValueError:      # a torn last line of a run in progress, or garbage
         return None
+    if is_batch_output(row):    # --output-format openai-batch: read the answer out of the body
+        return from_batch_output(row)
     return row if isinstance(row, dict) else None
 
 

@@ -71,3 +71,17 @@ def test_export_command_ok_and_missing_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
     assert not (tmp_path / "d2").exists()
+
+
+def test_export_reads_batch_format_output(tmp_path):
+    """Rows written with --output-format openai-batch export like mpdistill rows (custom_id as id)."""
+    import json as _json
+    from mpdistill.export import export_per_item
+    from mpdistill.formats import to_batch_output
+    out = tmp_path / "out.jsonl"
+    out.write_text(_json.dumps(to_batch_output({"line": 1, "id": "c1", "custom_id": "c1", "answer": "hi",
+                                                "reasoning": "because", "model": "m"})) + "\n")
+    counts = export_per_item(out, tmp_path / "items")
+    assert counts["json"] == 1 and counts["thinking"] == 1
+    assert _json.loads((tmp_path / "items" / "json_results" / "c1_extracted.json").read_text())["answer"] == "hi"
+    assert (tmp_path / "items" / "thinking_chains" / "c1.txt").read_text() == "because"
