@@ -17,7 +17,7 @@ from typing import Any
 
 from . import client, images
 from .endpoint import Endpoint
-from .errors import MpdistillError, to_info
+from .errors import MpdistillError, TransientError, to_info
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
+    except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
+        surprise = TransientError(f"unexpected {type(err).__name__} in the worker: {err}")
+        return Outcome(task.tid, None, to_info(surprise), time.monotonic() - start)
 
 
 def prepare(request: dict, spec: WorkerSpec) -> dict:

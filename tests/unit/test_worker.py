@@ -1,0 +1,25 @@
+"""The worker's one job: a task in, an outcome out, whatever happens during the call."""
+from __future__ import annotations
+
+from mpdistill.errors import from_info
+from mpdistill.worker import Task, WorkerSpec, execute
+
+
+def test_an_unexpected_exception_comes_back_as_a_retryable_outcome():
+    """A bug or SDK surprise during the call is reported, so the manager never waits forever."""
+    spec = WorkerSpec(endpoints=(), timeout=1.0)
+    task = Task(7, "e", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    outcome = execute(task, object(), spec)   # not an SDK client: the call raises AttributeError
+    assert outcome.tid == 7 and outcome.completion is None
+    err = from_info(outcome.error)
+    assert err.retryable and "AttributeError" in str(err)
+
+
+def test_a_bad_image_is_a_row_error_not_a_call():
+    """A missing image fails the row (not retried) before any call is made."""
+    spec = WorkerSpec(endpoints=(), timeout=1.0)
+    task = Task(8, "e", {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "/no/such/image.png"}}]}]})
+    outcome = execute(task, object(), spec)
+    err = from_info(outcome.error)
+    assert type(err).__name__ == "ImageError" and not getattr(err, "retryable", False)
