@@ -25,7 +25,7 @@ from .keypool import KeyPool
 from .logs import register_secrets
 from .resume import ResumeInfo, config_fingerprint, prepare
 from .runner import Job, Runner
-from .source import JsonlSource, row_from_object
+from .source import JsonlSource, python_rows
 from .stats import format_summary
 from .status import status_path
 from .worker import WorkerSpec
@@ -199,9 +199,10 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         keypool = KeyPool(list(cfg.endpoints))
         summary = None
         for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce):
-            bar = _progress_bar(cfg, total * len(job_list) if total is not None else None,
-                                sum(j.checkpoint.processed_count for j in job_list), progress)
-            runner.progress = bar.__enter__()
+            bar = _ProgressBar(total * len(job_list) if total is not None else None,
+                               sum(j.checkpoint.processed_count for j in job_list),
+                               cfg.progress if progress is None else progress)
+            runner.progress = bar
             state = "failed"
             try:
                 state = runner.run()
@@ -225,7 +226,7 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             done_below = min(j.checkpoint.watermark for j in jobs)
             row_iter = _rows(source, _start_position(jobs), is_done, cfg.follow, done_below)
         else:
-            row_iter = _python_rows(rows, is_done)
+            row_iter = python_rows(rows, is_done)
         if rounds:
             announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
         yield Runner(cfg, jobs, row_iter, keypool, spec, total=total, source=source,
@@ -272,22 +273,6 @@ def _len(rows) -> int | None:
         return None
 
 
-def _python_rows(rows: Iterable[dict], is_done):
-    """Rows given from Python: key = position (1-based); bad rows become error rows, not exceptions."""
-    from .errors import RowFormatError
-    from .source import BadRow, IdSet
-    ids = IdSet()
-    for key, obj in enumerate(rows, start=1):
-        if is_done(key):
-            continue
-        try:
-            row = row_from_object(key, obj, None)
-        except RowFormatError as err:
-            yield BadRow(key, None, str(err))
-            continue
-        yield row if ids.add(row.id) else BadRow(key, row.id, f"row {key}: duplicate id {row.id!r}")
-
-
 def _write_summary(path: Path, summary: dict) -> None:
     try:
         atomic_write(path, json.dumps(summary, indent=2, default=str).encode())
@@ -295,22 +280,17 @@ def _write_summary(path: Path, summary: dict) -> None:
         log.warning("cannot write the summary %s: %s", path, err)
 
 
-class _progress_bar:
-    """A tqdm bar fed by the writer's commits; silent when disabled."""
+class _ProgressBar:
+    """A tqdm bar fed by the writer's commits (called with the rows made durable); silent when disabled."""
 
-    def __init__(self, cfg: RunConfig, total: int | None, done: int, enabled: bool | None) -> None:
-        self.enabled = cfg.progress if enabled is None else enabled
-        self.total, self.done = total, done
+    def __init__(self, total: int | None, done: int, enabled: bool) -> None:
         self.ok = self.failed = 0
         self.bar = None
-
-    def __enter__(self):
-        if self.enabled:
+        if enabled:
             from tqdm import tqdm
             tqdm.monitor_interval = 0  # no monitor thread: the manager forks workers later
-            self.bar = tqdm(total=self.total, initial=min(self.done, self.total or self.done),
-                            unit="row", dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
-        return self
+            self.bar = tqdm(total=total, initial=min(done, total or done), unit="row",
+                            dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
 
     def __call__(self, ok: int, failed: int) -> None:
         self.ok += ok
@@ -323,6 +303,3 @@ class _progress_bar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -11,14 +11,13 @@ import io
 import logging
 import os
 import pickle
-import re
 import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from mpdistill.errors import CheckpointError
-from mpdistill.fsutil import atomic_write
+from mpdistill.fsutil import atomic_write, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +299,6 @@ class CheckpointManager:
 
 
 # --- module-level helpers ------------------------------------------------------------------
-
-
-def safe_name(name: str) -> str:
-    """A filesystem-safe form of a run or model name: `deepseek-ai/DeepSeek-R1` -> `deepseek-ai_DeepSeek-R1`."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name)) or "default"
 
 
 def checkpoint_path(name: str, directory: str | os.PathLike = "checkpoints") -> Path:

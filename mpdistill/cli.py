@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import MOCK_MODEL, RunConfig, build_config
+from .fsutil import safe_name
 from .errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     """Set up logging, run `job(announce)`, map its summary to an exit code."""
     from .logs import setup_logging
     secrets = ([cfg.api_key] + [e.api_key for e in cfg.endpoints] if cfg else []) + _env_secrets()
-    log_file = setup_logging(cfg.log_dir if cfg else "logs", _safe(name or cfg.name), secrets, verbose)
+    log_file = setup_logging(cfg.log_dir if cfg else "logs", safe_name(name or cfg.name), secrets, verbose)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
     if log_file:
         log.info("log file %s", log_file)
@@ -242,11 +243,6 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
 def _env_secrets() -> list[str]:
     keys = os.environ.get("OPENAI_API_KEYS", "").split(",")
     return [k.strip() for k in keys if k.strip()] + [os.environ.get("OPENAI_API_KEY", "")]
-
-
-def _safe(name: str) -> str:
-    from .checkpoint import safe_name
-    return safe_name(name)
 
 
 def checkpoints_command(argv: list[str]) -> int:

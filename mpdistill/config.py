@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from .endpoint import Endpoint
 from .errors import ConfigError
+from .fsutil import safe_name
 
 SAMPLE_INPUT = Path(__file__).parent / "sample" / "sample.jsonl"
 MOCK_MODEL = "mock-model"
@@ -73,7 +74,7 @@ class RunConfig:
 
     @property
     def output_path(self) -> Path:
-        return Path(self.output.replace("{model}", _safe(self.model)))
+        return Path(self.output.replace("{model}", safe_name(self.model)))
 
     @property
     def errors_path(self) -> Path:
@@ -94,10 +95,6 @@ def sibling(output: Path, suffix: str) -> Path:
     """`out/a.jsonl` + `.errors.jsonl` → `out/a.errors.jsonl`."""
     stem = output.name[:-len(".jsonl")] if output.name.endswith(".jsonl") else output.name
     return output.with_name(stem + suffix)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 # config.py constant → RunConfig field. Only these names may appear in a config.py.

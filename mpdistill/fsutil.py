@@ -1,7 +1,8 @@
-"""Crash-safe file replacement: write beside the target, fsync, rename over it, fsync the folder."""
+"""File helpers: crash-safe replacement (write beside, fsync, rename, fsync the folder) and safe names."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -42,3 +43,8 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o644
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def safe_name(name: str) -> str:
+    """A filesystem-safe form of a run or model name: `deepseek-ai/DeepSeek-R1` -> `deepseek-ai_DeepSeek-R1`."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name)) or "default"

@@ -111,6 +111,12 @@ def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
         return BadRow(key, None, f"line {key} is not valid UTF-8 ({err.reason} at byte {err.start})", end_offset)
     except json.JSONDecodeError as err:
         return BadRow(key, None, f"line {key} is not valid JSON: {err.msg} (column {err.colno})", end_offset)
+    return parse_object(key, obj, system, ids, end_offset)
+
+
+def parse_object(key: int, obj, system: str | None, ids: IdSet | None,
+                 end_offset: int | None = None) -> Row | BadRow:
+    """A decoded row (from a file or from Python) as a Row, or a BadRow naming the problem."""
     try:
         row = row_from_object(key, obj, system, end_offset)
     except RowFormatError as err:
@@ -119,6 +125,14 @@ def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
     if ids is not None and not ids.add(row.id):
         return BadRow(key, row.id, f"line {key}: duplicate id {row.id!r}", end_offset)
     return row
+
+
+def python_rows(rows, is_done: Callable[[int], bool]) -> Iterator[Row | BadRow]:
+    """Rows given from Python (key = 1-based position); bad rows become error rows, not exceptions."""
+    ids = IdSet()
+    for key, obj in enumerate(rows, start=1):
+        if not is_done(key):
+            yield parse_object(key, obj, None, ids)
 
 
 def _row_id(obj: dict, key: int) -> str:

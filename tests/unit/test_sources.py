@@ -188,3 +188,16 @@ def test_done_below_skips_lines_in_bulk_and_keeps_numbering(tmp_path):
     assert rows[0].id == "r2998"
     assert rows[-1].end_offset == path.stat().st_size
     assert list(JsonlSource(path).rows(done_below=5000)) == []
+
+
+def test_python_rows_share_the_file_rules():
+    """Rows from Python get position keys, skip done ones, and bad or duplicate rows become BadRows."""
+    from mpdistill.source import BadRow, Row, python_rows
+    rows = [{"id": "a", "prompt": "x"}, {"id": "b"}, {"id": "a", "prompt": "again"}, "not a dict",
+            {"prompt": "no id"}]
+    out = list(python_rows(rows, is_done=lambda key: key == 1))
+    assert [r.key for r in out] == [2, 3, 4, 5]
+    assert isinstance(out[0], BadRow) and "no prompt" in out[0].reason
+    assert isinstance(out[1], Row)   # "a" again, but row 1 was done before this run read it
+    assert isinstance(out[2], BadRow) and "JSON object" in out[2].reason
+    assert isinstance(out[3], Row) and out[3].id == "5"
