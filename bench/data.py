@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from mpdistill.checkpoint import CheckpointManager, fingerprint_input
+from mpdistill.state.checkpoint import CheckpointManager, fingerprint_input
 from mpdistill.config import RunConfig
-from mpdistill.resume import config_fingerprint
+from mpdistill.state.resume import config_fingerprint
 
 MODEL = "bench-model"
 _CHUNK_ROWS = 20_000

@@ -202,8 +202,8 @@ class MockFallback:
 
     def __init__(self, delays_ms=(0, 200), rate: float = 50, burst: int = 5, rate_delay_ms: int = 50,
                  workers: int = 1) -> None:
-        from mpdistill.mockserver import MockServer
-        self.version = "mpdistill.mockserver"
+        from mpdistill.mock.server import MockServer
+        self.version = "mpdistill.mock.server"
         self._servers = {ms: MockServer(latency_ms=ms, reasoning=False) for ms in delays_ms}
         self._rate = MockServer(latency_ms=rate_delay_ms, rate_limit_rps=rate, reasoning=False)
         self._marks: dict = {}

@@ -17,7 +17,7 @@ import data
 import measure
 import server as server_mod
 
-from mpdistill.checkpoint import CheckpointManager
+from mpdistill.state.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-0001"

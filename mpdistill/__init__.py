@@ -6,7 +6,7 @@ Public API: `run`, `RunConfig`, `CheckpointManager`, `load_checkpoint`, `clear_c
 __version__ = "0.1.0"
 
 from .config import RunConfig  # noqa: E402
-from .checkpoint import CheckpointManager, clear_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
+from .state.checkpoint import CheckpointManager, clear_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 
 
 def run(config, rows=None, **kwargs):
@@ -17,7 +17,7 @@ def run(config, rows=None, **kwargs):
 
 def __getattr__(name):
     if name == "MockServer":
-        from .mockserver import MockServer
+        from .mock.server import MockServer
         return MockServer
     raise AttributeError(name)
 

@@ -1,4 +1,4 @@
 """`python -m mpdistill …` is the `mpdistill` command."""
-from .cli import program
+from .cli.main import program
 
 program()

@@ -15,21 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .checkpoint import CheckpointManager, safe_name
+from .state.checkpoint import CheckpointManager, safe_name
 from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig, sibling
-from .endpoint import Endpoint
-from .endpoints import endpoints_from_env, load_endpoints, select_pool
+from .provider.endpoint import Endpoint
+from .provider.registry import endpoints_from_env, load_endpoints, select_pool
 from .errors import ConfigError
-from .fsutil import atomic_write
-from .keypool import KeyPool
+from .state.files import atomic_write
+from .engine.keypool import KeyPool
 from .logs import register_secrets
-from .resume import ResumeInfo, config_fingerprint, prepare
-from .runner import Job, Runner
-from .source import JsonlSource, python_rows
-from .stats import format_summary
-from .status import status_path
-from .worker import WorkerSpec
-from .writer import Writer
+from .state.resume import ResumeInfo, config_fingerprint, prepare
+from .engine.runner import Job, Runner
+from .inputs.jsonl import JsonlSource, python_rows
+from .report.stats import format_summary
+from .report.status import status_path
+from .engine.worker import WorkerSpec
+from .engine.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def resolve_endpoints(cfg: RunConfig, env=None) -> tuple[Endpoint, ...]:
 def with_mock(cfg: RunConfig, stack: ExitStack, announce: Callable[[str], None],
               others: tuple[Endpoint, ...] = (), models: list[str] | None = None) -> RunConfig:
     """No key configured: start the built-in mock endpoint for the models no other endpoint serves."""
-    from .mockserver import MockServer
+    from .mock.server import MockServer
     server = stack.enter_context(MockServer(reasoning=False, latency_ms=20))
     mock = Endpoint("mock", server.url, "sk-mock-local", models=tuple(models) if others else (),
                     rpm=cfg.rpm, tpm=cfg.tpm)
@@ -141,7 +141,7 @@ def _open_source(cfg: RunConfig, rows):
         return None, _len(rows), None, None
     path = Path(cfg.input)
     if path.is_dir():
-        from .numbered import NumberedSource, read_template
+        from .inputs.numbered import NumberedSource, read_template
         template = read_template(cfg.template) if cfg.template else None
         source = NumberedSource(path, pattern=cfg.pattern, start=cfg.start or 1, end=cfg.end,
                                 template=template, max_bytes=cfg.max_line_bytes)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .endpoint import Endpoint
+from .provider.endpoint import Endpoint
 from .errors import ConfigError
-from .fsutil import safe_name
+from .state.files import safe_name
 
 SAMPLE_INPUT = Path(__file__).parent / "sample" / "sample.jsonl"
 MOCK_MODEL = "mock-model"

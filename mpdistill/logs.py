@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .endpoint import mask_key
+from .provider.endpoint import mask_key
 
 # Anything shaped like a bearer key, even one we were never told about.
 _KEY_SHAPE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{12,}")

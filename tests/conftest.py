@@ -91,7 +91,7 @@ class Workdir:
 @pytest.fixture
 def mock_server():
     """A fresh built-in mock endpoint on a free port."""
-    from mpdistill.mockserver import MockServer
+    from mpdistill.mock.server import MockServer
     with MockServer() as server:
         yield server
 

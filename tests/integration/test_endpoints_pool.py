@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from mpdistill.endpoint import mask_key
-from mpdistill.mockserver import MockServer
+from mpdistill.provider.endpoint import mask_key
+from mpdistill.mock.server import MockServer
 from tests.conftest import Workdir, clean_env, read_jsonl, write_jsonl
 
 KEY_REJECTED = "sk-test-rejected-0401"      # given only through api_key_env

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from mpdistill.mockserver import MockServer
+from mpdistill.mock.server import MockServer
 from tests.conftest import Workdir, clean_env, line_count, wait_for, write_jsonl
 
 

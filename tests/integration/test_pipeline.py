@@ -125,7 +125,7 @@ def test_row_that_fails_for_good(workdir):
 
 def test_sigint_mid_run_saves_checkpoint_and_resume_finishes(tmp_path):
     """Ctrl-C stops dispatch, keeps every durable row, exits 130; the rerun completes exactly once."""
-    from mpdistill.mockserver import MockServer
+    from mpdistill.mock.server import MockServer
     from tests.conftest import Workdir
     with MockServer(latency_ms=100) as server:
         wd = Workdir(tmp_path, server.url)
@@ -158,7 +158,7 @@ def test_missing_input_and_bad_flag_exit_2(workdir):
 
 
 def _slow_run(tmp_path, latency_ms=2000, rows=100):
-    from mpdistill.mockserver import MockServer
+    from mpdistill.mock.server import MockServer
     from tests.conftest import Workdir
     server = MockServer(latency_ms=latency_ms).start()
     wd = Workdir(tmp_path, server.url)

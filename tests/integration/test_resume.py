@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mpdistill.mockserver import MockServer
+from mpdistill.mock.server import MockServer
 from tests.conftest import ROOT, Workdir, clean_env, line_count, wait_for, write_jsonl
 
 N_ROWS = 400
@@ -165,7 +165,7 @@ def test_status_while_running_and_after(tmp_path):
 
 def test_checkpoint_script_lists_and_clears(workdir):
     """`python test_checkpoint.py` lists checkpoints; `clear NAME` removes one, `clear` all."""
-    from mpdistill.checkpoint import CheckpointManager
+    from mpdistill.state.checkpoint import CheckpointManager
     for name in ("model-a", "model-b"):
         ckpt = CheckpointManager(5, name=name, directory=workdir.checkpoints)
         for key in range(1, 8):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from mpdistill.formats import from_batch_output
+from mpdistill.outputs.batch import from_batch_output
 from tests.conftest import clean_env, line_count, read_jsonl, wait_for, write_jsonl
 
 

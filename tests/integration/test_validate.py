@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from mpdistill import cli, validate
-from mpdistill.checkpoint import CheckpointManager
-from mpdistill.source import JsonlSource
-from mpdistill.writer import encode_line
+from mpdistill.cli import main as cli
+from mpdistill.tools import validate
+from mpdistill.state.checkpoint import CheckpointManager
+from mpdistill.inputs.jsonl import JsonlSource
+from mpdistill.engine.writer import encode_line
 
 
 def out_line(key: int, rid: str | None = None) -> bytes:
@@ -173,7 +174,7 @@ def test_exit_codes_match_the_cli():
 
 def test_batch_format_output_is_sound(tmp_path, monkeypatch):
     """An output written with --output-format openai-batch validates as sound (custom_id is the id)."""
-    from mpdistill.formats import to_batch_output
+    from mpdistill.outputs.batch import to_batch_output
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"custom_id": f"c{i}", "body": {"messages": [

@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.checkpoint: watermark bookkeeping, atomic safe files, helpers."""
+"""Unit tests of mpdistill.state.checkpoint: watermark bookkeeping, atomic safe files, helpers."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from mpdistill import checkpoint as cp
-from mpdistill.checkpoint import (FORMAT_VERSION, CheckpointManager, backup_file, checkpoint_path,
+from mpdistill.state import checkpoint as cp
+from mpdistill.state.checkpoint import (FORMAT_VERSION, CheckpointManager, backup_file, checkpoint_path,
                                   clear_checkpoint, fingerprint_input, input_unchanged,
                                   list_checkpoints, load_checkpoint, safe_name)
 from mpdistill.errors import CheckpointError
@@ -438,7 +438,7 @@ def test_fingerprint_small_and_empty_files(tmp_path):
 
 def test_mark_range_moves_the_watermark_in_one_step(tmp_path):
     """mark_range over the watermark jumps it and folds in sparse keys; elsewhere it marks one by one."""
-    from mpdistill.checkpoint import CheckpointManager
+    from mpdistill.state.checkpoint import CheckpointManager
     ckpt = CheckpointManager(name="r", directory=tmp_path)
     ckpt.mark_done(7)
     ckpt.mark_range(1, 7)

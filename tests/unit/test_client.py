@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.client through the real openai SDK against a tiny local HTTP server."""
+"""Unit tests of mpdistill.provider.client through the real openai SDK against a tiny local HTTP server."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mpdistill import errors
-from mpdistill.client import Completion, complete, error_for_status, make_client, split_reasoning
-from mpdistill.endpoint import Endpoint
+from mpdistill.provider.client import Completion, complete, error_for_status, make_client, split_reasoning
+from mpdistill.provider.endpoint import Endpoint
 
 KEY = "sk-test-0001"
 REQUEST = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -253,7 +253,7 @@ def test_bad_json_raw_text_is_truncated(server):
 
 def test_mock_server_json_object_then_badjson_marker():
     """Against the mock: JSON answers are extracted; [[badjson:1]] fails once with the raw text, then passes."""
-    from mpdistill.mockserver import MockServer
+    from mpdistill.mock.server import MockServer
     with MockServer() as mock:
         api = make_client(Endpoint(name="mock", base_url=mock.url, api_key=KEY), 10.0)
         request = {"model": "m1", "response_format": {"type": "json_object"}}   # no max_tokens: no cut
@@ -269,9 +269,9 @@ def test_mock_server_json_object_then_badjson_marker():
 def test_post_chat_sends_extra_body_and_plain_params_like_create():
     """extra_body is merged into the JSON body and unlisted params (vLLM's top_k) pass through."""
     import json as _json
-    from mpdistill.client import complete, make_client
-    from mpdistill.endpoint import Endpoint
-    from mpdistill.mockserver import MockServer
+    from mpdistill.provider.client import complete, make_client
+    from mpdistill.provider.endpoint import Endpoint
+    from mpdistill.mock.server import MockServer
     with MockServer() as server:
         api = make_client(Endpoint("e", server.url, "sk-test-0001"), timeout=5)
         c = complete(api, {"model": "m", "messages": [{"role": "user", "content": "[[echo_params]] x"}],

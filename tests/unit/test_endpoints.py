@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from mpdistill.endpoint import Endpoint
-from mpdistill.endpoints import endpoints_from_env, load_endpoints, select_pool
+from mpdistill.provider.endpoint import Endpoint
+from mpdistill.provider.registry import endpoints_from_env, load_endpoints, select_pool
 from mpdistill.errors import ConfigError
 
 KEY = "sk-test-0001-yaml"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from mpdistill.export import export_command, export_per_item, safe_file_name
+from mpdistill.tools.export import export_command, export_per_item, safe_file_name
 
 
 def write_output(path, rows, tail: str = "") -> None:
@@ -76,8 +76,8 @@ def test_export_command_ok_and_missing_file(tmp_path, capsys):
 def test_export_reads_batch_format_output(tmp_path):
     """Rows written with --output-format openai-batch export like mpdistill rows (custom_id as id)."""
     import json as _json
-    from mpdistill.export import export_per_item
-    from mpdistill.formats import to_batch_output
+    from mpdistill.tools.export import export_per_item
+    from mpdistill.outputs.batch import to_batch_output
     out = tmp_path / "out.jsonl"
     out.write_text(_json.dumps(to_batch_output({"line": 1, "id": "c1", "custom_id": "c1", "answer": "hi",
                                                 "reasoning": "because", "model": "m"})) + "\n")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from mpdistill.formats import (error_to_batch_output, from_batch_output, is_batch_output,
+from mpdistill.outputs.batch import (error_to_batch_output, from_batch_output, is_batch_output,
                                to_batch_output)
-from mpdistill.recovery import line_key
-from mpdistill.writer import encode_line
+from mpdistill.outputs.scan import line_key
+from mpdistill.engine.writer import encode_line
 
 RECORD = {"line": 7, "id": "a1", "input_prompt": "hi", "images": [], "answer": "Hello.",
           "reasoning": "greet back", "finish_reason": "stop",

@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.images: encoding local files, URL passthrough, message building."""
+"""Unit tests of mpdistill.inputs.images: encoding local files, URL passthrough, message building."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mpdistill.errors import ImageError
-from mpdistill.images import build_messages, encode_image, image_parts
+from mpdistill.inputs.images import build_messages, encode_image, image_parts
 
 DATA_URL = "data:image/png;base64,iVBORw0KGgo="
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from mpdistill.endpoint import Endpoint
+from mpdistill.provider.endpoint import Endpoint
 from mpdistill.errors import ConfigError
-from mpdistill.keypool import BUSY_POLL_S, KeyPool
+from mpdistill.engine.keypool import BUSY_POLL_S, KeyPool
 
 KEY_A, KEY_B = "sk-test-0001-alpha", "sk-test-0002-bravo"
 

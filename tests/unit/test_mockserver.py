@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from mpdistill.mockserver import MockServer, WindowLimiter, retry_headers
+from mpdistill.mock.server import MockServer, WindowLimiter, retry_headers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -484,7 +484,7 @@ def test_retry_headers_format(seconds, header, ms):
 def test_run_forever_serves_until_sigterm(tmp_path):
     """The command prints its url, writes --url-file, serves, and exits 0 on SIGTERM."""
     url_file = tmp_path / "url"
-    proc = subprocess.Popen([sys.executable, "-m", "mpdistill.mockserver", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "mpdistill.mock.server", "--port", "0",
                              "--models", "x,y", "--url-file", str(url_file)],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from mpdistill import monitor
-from mpdistill.checkpoint import CheckpointManager
+from mpdistill.report import monitor
+from mpdistill.state.checkpoint import CheckpointManager
 from mpdistill.config import RunConfig
-from mpdistill.status import STALE_AFTER_S, cells, clip, clip_middle, live_state, status_path, write_status
+from mpdistill.report.status import STALE_AFTER_S, cells, clip, clip_middle, live_state, status_path, write_status
 
 NOW = 1_700_000_000.0
 

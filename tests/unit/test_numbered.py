@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.numbered: numbered text files as rows, gaps, templates, follow mode (fake clocks)."""
+"""Unit tests of mpdistill.inputs.numbered: numbered text files as rows, gaps, templates, follow mode (fake clocks)."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 
 from mpdistill.errors import ConfigError, InputFileError
-from mpdistill.numbered import FilePattern, NumberedSource, fill_template
-from mpdistill.source import IDLE, BadRow, Blank, Row
+from mpdistill.inputs.numbered import FilePattern, NumberedSource, fill_template
+from mpdistill.inputs.jsonl import IDLE, BadRow, Blank, Row
 
 WALL0 = 1_700_000_000.0
 

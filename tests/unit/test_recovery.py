@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mpdistill import recovery
+from mpdistill.outputs import scan as recovery
 
 
 def _write(path, keys, extra: bytes = b""):

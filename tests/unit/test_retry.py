@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.retry: classification, backoff and Retry-After parsing."""
+"""Unit tests of mpdistill.engine.retry: classification, backoff and Retry-After parsing."""
 from __future__ import annotations
 
 import email.utils
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from mpdistill import errors
-from mpdistill.retry import Action, RetryPolicy, backoff, classify, parse_retry_after, should_retry
+from mpdistill.engine.retry import Action, RetryPolicy, backoff, classify, parse_retry_after, should_retry
 
 NOW = 1_700_000_000.0
 

@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.source's JSONL streaming: plain reading, follow mode, files changing under us."""
+"""Unit tests of mpdistill.inputs.jsonl's JSONL streaming: plain reading, follow mode, files changing under us."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from mpdistill.errors import InputFileError
-from mpdistill.source import IDLE, BadRow, Blank, Idle, JsonlSource, Row
+from mpdistill.inputs.jsonl import IDLE, BadRow, Blank, Idle, JsonlSource, Row
 
 
 def line(rid: str, prompt: str = "hi") -> bytes:
@@ -132,7 +132,7 @@ def test_follow_stops_when_the_file_is_truncated(tmp_path, caplog):
     assert ids([next(rows), next(rows), next(rows)]) == ["a", "b", "IDLE"]
     with open(path, "r+b") as f:
         f.truncate(3)
-    with caplog.at_level(logging.WARNING, logger="mpdistill.source"):
+    with caplog.at_level(logging.WARNING, logger="mpdistill.inputs.jsonl"):
         assert list(rows) == []
     assert "truncated" in caplog.text and source.follow_stopped == "truncated"
 
@@ -146,7 +146,7 @@ def test_follow_stops_when_the_file_is_replaced(tmp_path, caplog):
     new = tmp_path / "new.jsonl"
     new.write_bytes(line("x") + line("y") + line("z"))
     os.replace(new, path)
-    with caplog.at_level(logging.WARNING, logger="mpdistill.source"):
+    with caplog.at_level(logging.WARNING, logger="mpdistill.inputs.jsonl"):
         assert list(rows) == []
     assert "replaced" in caplog.text
 
@@ -160,7 +160,7 @@ def test_follow_stops_when_the_file_is_rewritten_in_place(tmp_path, caplog):
     with open(path, "r+b") as f:
         f.truncate(0)
         f.write(b'{"id": "x", "prompt": "a different first line"}\n')
-    with caplog.at_level(logging.WARNING, logger="mpdistill.source"):
+    with caplog.at_level(logging.WARNING, logger="mpdistill.inputs.jsonl"):
         assert list(rows) == []
     assert "rewritten" in caplog.text
 
@@ -172,14 +172,14 @@ def test_follow_stops_when_the_file_is_removed(tmp_path, caplog):
     rows = JsonlSource(path).rows(follow=True)
     assert ids([next(rows), next(rows)]) == ["a", "IDLE"]
     path.unlink()
-    with caplog.at_level(logging.WARNING, logger="mpdistill.source"):
+    with caplog.at_level(logging.WARNING, logger="mpdistill.inputs.jsonl"):
         assert list(rows) == []
     assert "removed" in caplog.text
 
 
 def test_done_below_skips_lines_in_bulk_and_keeps_numbering(tmp_path):
     """Lines below the watermark are passed over by counting; the next row has the right key and offset."""
-    from mpdistill.source import JsonlSource, Row
+    from mpdistill.inputs.jsonl import JsonlSource, Row
     path = tmp_path / "in.jsonl"
     lines = [json.dumps({"id": f"r{i}", "prompt": f"p{i}"}) + "\n" for i in range(1, 3001)]
     path.write_text("".join(lines))
@@ -192,7 +192,7 @@ def test_done_below_skips_lines_in_bulk_and_keeps_numbering(tmp_path):
 
 def test_python_rows_share_the_file_rules():
     """Rows from Python get position keys, skip done ones, and bad or duplicate rows become BadRows."""
-    from mpdistill.source import BadRow, Row, python_rows
+    from mpdistill.inputs.jsonl import BadRow, Row, python_rows
     rows = [{"id": "a", "prompt": "x"}, {"id": "b"}, {"id": "a", "prompt": "again"}, "not a dict",
             {"prompt": "no id"}]
     out = list(python_rows(rows, is_done=lambda key: key == 1))

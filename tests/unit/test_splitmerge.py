@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mpdistill.errors import ConfigError
-from mpdistill.formats import to_batch_output
-from mpdistill.source import BadRow, Blank, JsonlSource, row_from_object
-from mpdistill.splitmerge import (chunk_ranges, merge_command, merge_dir, row_id, split_command,
+from mpdistill.outputs.batch import to_batch_output
+from mpdistill.inputs.jsonl import BadRow, Blank, JsonlSource, row_from_object
+from mpdistill.tools.splitmerge import (chunk_ranges, merge_command, merge_dir, row_id, split_command,
                                   split_file)
 
 N = 103

@@ -8,7 +8,7 @@ import pytest
 
 from mpdistill.config import build_config
 from mpdistill.errors import ConfigError
-from mpdistill.tasks import (ModelJob, cost, endpoint_for, layer_job, load_env_file, load_model,
+from mpdistill.tools.tasks import (ModelJob, cost, endpoint_for, layer_job, load_env_file, load_model,
                              load_task)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mpdistill.errors import from_info
-from mpdistill.worker import Task, WorkerSpec, execute
+from mpdistill.engine.worker import Task, WorkerSpec, execute
 
 
 def test_an_unexpected_exception_comes_back_as_a_retryable_outcome():

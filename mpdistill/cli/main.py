@@ -1,0 +1,287 @@
+"""The command line: flags → config → library call → exit code. No logic lives here.
+
+    mpdistill [run] [flags]           run a job (also: python run_multiprocess.py [flags])
+    mpdistill status | validate | stop | monitor | mock-server | checkpoints [list|clear [NAME]]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..config import MOCK_MODEL, RunConfig, build_config
+from ..state.files import safe_name
+from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_REPAIRED = 0, 1, 2, 3, 4
+EXIT_ABORTED, EXIT_INTERRUPTED = 75, 130
+COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export",
+            "split", "merge")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our usage code, 2, and one clear line."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Run OpenAI-compatible chat completions over a JSONL dataset, "
+                "crash-safe and resumable.")
+    p.add_argument("--version", action="version", version=f"mpdistill {__version__}")
+    mode = p.add_argument_group("other modes (python run_multiprocess.py …)")
+    mode.add_argument("--status", action="store_true", help="show the progress of a running or stopped run")
+    mode.add_argument("--watch", action="store_true", help="with --status: refresh until interrupted")
+    mode.add_argument("--once", action="store_true", help="with monitor: print the panel once")
+    mode.add_argument("--interval", type=float, default=3.0, help="with --watch: seconds between refreshes")
+    mode.add_argument("--count-rows", action="store_true", help="with --status: count the output's rows")
+    mode.add_argument("--validate", action="store_true", help="check (and repair) the output file")
+    mode.add_argument("--emit-retry", metavar="FILE", help="with --validate: write the rows still to do to FILE")
+    mode.add_argument("--stop", action="store_true", help="ask a running run to stop gracefully")
+    mode.add_argument("--now", action="store_true", help="with --stop: cancel in-flight calls too")
+    io = p.add_argument_group("input and output")
+    io.add_argument("-i", "--input", help="input JSONL (default: config.py INPUT_FILE, else the bundled sample)")
+    io.add_argument("-o", "--output", help="output JSONL; {model} is replaced (default output/{model}_results.jsonl)")
+    io.add_argument("--limit", type=int, help="process at most N rows of the input")
+    io.add_argument("--follow", action="store_true", default=None,
+                    help="at the end of the input, wait for new rows / files until stopped")
+    io.add_argument("--pattern", help="with -i DIR: numbered file names, default report_{n}.txt")
+    io.add_argument("--start", type=int, help="with -i DIR: first number (default 1)")
+    io.add_argument("--end", type=int, help="with -i DIR: last number")
+    io.add_argument("--template", help="with -i DIR: prompt template file with {content}, {id}, {n}")
+    io.add_argument("--max-line-bytes", type=int, help="longer input lines are error rows (default 20 MiB)")
+    io.add_argument("--image-max-side", type=int, help="downscale local images to at most N pixels a side")
+    io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
+    api = p.add_argument_group("model and API")
+    api.add_argument("-m", "--model", help="model name (default gpt-4o-mini; mock-model with the mock)")
+    api.add_argument("--base-url", help="OpenAI-compatible base URL (env OPENAI_BASE_URL)")
+    api.add_argument("--api-key", help="API key (env OPENAI_API_KEY; prefer the environment or .env)")
+    api.add_argument("--endpoints", dest="endpoints_file", metavar="YAML", help="endpoints file: many keys/servers")
+    api.add_argument("--pool", help="use only these endpoints of the file, by name: api_1,api_3")
+    api.add_argument("--rpm", type=float, help="requests per minute limit (single endpoint)")
+    api.add_argument("--tpm", type=float, help="tokens per minute limit (single endpoint)")
+    api.add_argument("--mock", action="store_true", default=None, help="use the built-in mock endpoint even if a key is set")
+    api.add_argument("--system", help="system prompt for rows that have none")
+    api.add_argument("--max-tokens", type=int)
+    api.add_argument("--temperature", type=float)
+    io.add_argument("--output-format", choices=("mpdistill", "openai-batch"),
+                    help="openai-batch: write OpenAI Batch API output lines")
+    io.add_argument("--explode-samples", action="store_true", default=None,
+                    help="with n > 1: one output row per sample instead of a `samples` list")
+    api.add_argument("--response-format", choices=("text", "json"),
+                     help="json: ask for a JSON object and store it parsed as `extracted`")
+    run = p.add_argument_group("running")
+    run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
+    run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
+    run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
+    run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
+    run.add_argument("--retry-max-delay", dest="retry_max", type=float, help="longest backoff in seconds (default 60)")
+    run.add_argument("--iterations", type=int, help="run the input N times (0: until stopped; default 1)")
+    run.add_argument("--delay", type=float, help="seconds between iterations")
+    run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
+    run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
+    ck = p.add_argument_group("checkpoints and resume")
+    ck.add_argument("--checkpoint-interval", type=int, help="save every N durable rows (default 10)")
+    ck.add_argument("--checkpoint-dir", help="default checkpoints/")
+    ck.add_argument("--run-name", help="name of the checkpoint/status files (default: the model)")
+    ck.add_argument("--restart", action="store_true", default=None, help="start over; old output kept as a backup")
+    ck.add_argument("--retry-failed", action="store_true", default=None, help="try the rows of the errors file again")
+    out = p.add_argument_group("display")
+    out.add_argument("--log-dir", help="default logs/")
+    out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    out.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+_NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", "emit_retry", "stop", "now",
+               "config", "verbose"}
+
+
+def config_from_args(args: argparse.Namespace, env=None):
+    """Flags + environment + YAML + config.py → RunConfig."""
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env", override=False)
+    cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    yaml_values = _read_yaml(args.config) if args.config else None
+    config_py = Path(os.environ.get("MPDISTILL_CONFIG_PY", "config.py"))
+    return build_config(cli, env=env, yaml_values=yaml_values, config_py=config_py)
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def program(argv: list[str] | None = None, prog: str = "mpdistill") -> None:
+    """Entry point of the `mpdistill` command and the scripts: run, then exit with the code."""
+    code = main(argv, prog)
+    # Nothing is left to free: spare the interpreter's exit a full collection of the SDK's many
+    # objects (~0.15 s, much of what resuming a nearly finished run costs).
+    gc.freeze()
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None, prog: str = "mpdistill") -> int:
+    """Run the command line; every error ends as a message and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv, prog)
+    except (ConfigError, InputFileError) as err:
+        print(f"mpdistill: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunAbortedError as err:
+        print(f"mpdistill: stopped: {err}", file=sys.stderr)
+        return EXIT_ABORTED
+    except (OutputError, CheckpointError) as err:
+        print(f"mpdistill: stopped: {err} (rows already written are safe; fix it and rerun to resume)",
+              file=sys.stderr)
+        return EXIT_ABORTED
+    except KeyboardInterrupt:
+        print("mpdistill: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MpdistillError as err:
+        print(f"mpdistill: error: {err}", file=sys.stderr)
+        return EXIT_CRASH
+
+
+def _dispatch(argv: list[str], prog: str) -> int:
+    if argv and argv[0] in COMMANDS:
+        command, rest = argv[0], argv[1:]
+        if command == "mock-server":
+            from ..mock.server import run_forever
+            return run_forever(rest)
+        if command == "checkpoints":
+            return checkpoints_command(rest)
+        if command == "export":
+            from ..tools.export import export_command
+            return export_command(rest)
+        if command in ("split", "merge"):
+            from ..tools import splitmerge
+            return splitmerge.split_command(rest) if command == "split" else splitmerge.merge_command(rest)
+        if command == "run-task":
+            return run_task_command(rest, prog)
+        if command != "run":
+            rest = [f"--{command}" if command != "monitor" else "--status", *rest]
+            if command == "monitor" and "--once" not in rest:
+                rest.append("--watch")
+        return run_command(rest, prog)
+    return run_command(argv, prog)
+
+
+def run_task_command(argv: list[str], prog: str) -> int:
+    """`run-task TASK.yaml [flags]`: the flags override the task file."""
+    if not argv or argv[0].startswith("-"):
+        print(f"{prog} run-task: error: give the task file first: run-task configs/tasks/NAME.yaml",
+              file=sys.stderr)
+        return EXIT_USAGE
+    args = run_parser(f"{prog} run-task").parse_args(argv[1:])
+    from dotenv import load_dotenv
+    load_dotenv(Path.cwd() / ".env", override=False)
+    cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    from ..tools.taskrun import run_task
+    return _run(None, args.verbose, lambda announce: run_task(argv[0], cli, announce), name=Path(argv[0]).stem)
+
+
+def run_command(argv: list[str], prog: str = "mpdistill") -> int:
+    args = run_parser(prog).parse_args(argv)
+    cfg = config_from_args(args)
+    if args.status:
+        from ..report.monitor import status_command
+        return status_command(cfg, watch=args.watch and not args.once, once=args.once,
+                              interval=args.interval, count_rows=args.count_rows)
+    if args.validate:
+        from ..tools.validate import validate_command
+        return validate_command(cfg, emit_retry=args.emit_retry)
+    if args.stop:
+        from ..state.stopfile import stop_command
+        return stop_command(cfg, now=args.now)
+    from .. import api
+    name = cfg.name
+    if not cfg.run_name and cfg.model == RunConfig.model and (cfg.mock or not api.resolve_endpoints(cfg)):
+        name = MOCK_MODEL   # the built-in mock answers as mock-model: name the log like its output
+    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=name)
+
+
+def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
+    """Set up logging, run `job(announce)`, map its summary to an exit code."""
+    from ..logs import setup_logging
+    secrets = ([cfg.api_key] + [e.api_key for e in cfg.endpoints] if cfg else []) + _env_secrets()
+    log_file = setup_logging(cfg.log_dir if cfg else "logs", safe_name(name or cfg.name), secrets, verbose)
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)
+    if log_file:
+        log.info("log file %s", log_file)
+    try:
+        summary = job(lambda m: (say(m), log.info(m)))
+    except (MpdistillError, KeyboardInterrupt):
+        raise
+    except Exception:
+        log.exception("crash")
+        say(f"mpdistill: crashed (see {log_file}); rows already written are safe, rerun to resume")
+        return EXIT_CRASH
+    if summary["state"] == "interrupted":
+        say("Interrupted: checkpoint saved; run the same command again to resume.")
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
+
+
+def _env_secrets() -> list[str]:
+    keys = os.environ.get("OPENAI_API_KEYS", "").split(",")
+    return [k.strip() for k in keys if k.strip()] + [os.environ.get("OPENAI_API_KEY", "")]
+
+
+def checkpoints_command(argv: list[str]) -> int:
+    """`checkpoints [list]`, `checkpoints clear [NAME]` (and python test_checkpoint.py …)."""
+    from ..state.checkpoint import clear_checkpoint, list_checkpoints
+    p = _Parser(prog="test_checkpoint.py", description="List or clear mpdistill checkpoints.")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "clear"))
+    p.add_argument("name", nargs="?", help="with clear: only this run/model")
+    p.add_argument("--checkpoint-dir", default=None)
+    args = p.parse_args(argv)
+    directory = args.checkpoint_dir or _default_checkpoint_dir()
+    if args.action == "clear":
+        removed = clear_checkpoint(args.name, directory)
+        what = f"checkpoint {args.name!r}" if args.name else "all checkpoints"
+        print(f"Removed {len(removed)} file(s) ({what} in {directory})" if removed
+              else f"No checkpoint to remove ({what} in {directory})")
+        return EXIT_OK
+    return _print_checkpoints(list_checkpoints(directory), directory)
+
+
+def _default_checkpoint_dir() -> str:
+    try:
+        return build_config({}, config_py=Path("config.py")).checkpoint_dir
+    except ConfigError:
+        return "checkpoints"
+
+
+def _print_checkpoints(entries: list[dict], directory) -> int:
+    import time
+    from ..report.status import format_duration
+    if not entries:
+        print(f"No checkpoints in {directory}")
+        return EXIT_OK
+    print(f"{'run / model':<32}{'processed':>10}{'ok':>9}{'failed':>8}{'elapsed':>10}  saved at")
+    for e in entries:
+        if e.get("error"):
+            print(f"{e['name']:<32}  unreadable: {e['error']}")
+            continue
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["saved_at"])) if e.get("saved_at") else "-"
+        print(f"{e['name']:<32}{e['processed']:>10}{e['ok']:>9}{e['failed']:>8}"
+              f"{format_duration(e['elapsed']):>10}  {saved}")
+    return EXIT_OK

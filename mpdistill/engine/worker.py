@@ -1,0 +1,176 @@
+"""Worker processes: take `(task, endpoint)`, make one API call, send the outcome back.
+
+Workers hold no scheduling state, never write files and never sleep on a backoff: the manager
+decides everything. `execute` is the whole job of a worker and is a plain function, so the same
+code can run in another executor (Ray actors, Slurm shards) unchanged.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..provider import client
+from ..inputs import images
+from ..provider.endpoint import Endpoint
+from ..errors import MpdistillError, TransientError, to_info
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker needs, fixed for the whole run (keys included, so never logged)."""
+
+    endpoints: tuple[Endpoint, ...]
+    timeout: float
+    concurrency: int = 1
+    image_max_side: int | None = None
+    base_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One request to make: `tid` identifies this attempt in the manager's in-flight table."""
+
+    tid: int
+    endpoint: str
+    request: dict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came of a task: a completion, or an error described as plain data."""
+
+    tid: int
+    completion: client.Completion | None
+    error: dict | None
+    latency_s: float
+
+
+def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
+    """Make the call of `task` with client `api`; never raises for a call or row problem."""
+    start = time.monotonic()
+    try:
+        request = prepare(task.request, spec)
+        completion = client.complete(api, request)
+        return Outcome(task.tid, completion, None, time.monotonic() - start)
+    except MpdistillError as err:
+        return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
+    except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
+        surprise = TransientError(f"unexpected {type(err).__name__} in the worker: {err}")
+        return Outcome(task.tid, None, to_info(surprise), time.monotonic() - start)
+
+
+def prepare(request: dict, spec: WorkerSpec) -> dict:
+    """Encode the row's local images; text-only requests pass through untouched."""
+    messages = images.build_messages(request["messages"], base_dir=spec.base_dir,
+                                     max_side=spec.image_max_side)
+    if messages is request["messages"]:
+        return request
+    return {**request, "messages": messages}
+
+
+class _Clients:
+    """One SDK client per endpoint, made on first use (connection pools are per process)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._spec = spec
+        self._by_name = {e.name: e for e in spec.endpoints}
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def make_all(self) -> _Clients:
+        """Make every endpoint's client now (in the manager, before forking: see `preload`)."""
+        for name in self._by_name:
+            self.get(name)
+        return self
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._clients:
+                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout)
+            return self._clients[name]
+
+
+def preload(spec: WorkerSpec) -> _Clients:
+    """The SDK warmed up and every endpoint's client made, for workers to inherit by fork.
+
+    Made once in the manager, they cost nothing per worker; made in each worker (SDK imports,
+    TLS trust store, type caches) they cost ~100 ms of CPU each, which 64 workers feel at start.
+    """
+    client.warm_up()
+    return _Clients(spec).make_all()
+
+
+def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None:
+    """Entry point of a worker process: serve tasks from `conn` until told to stop or orphaned.
+
+    `clients` are inherited from the manager when the process was forked (see `preload`).
+    """
+    # Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
+    # calls may finish, so workers ignore it. SIGTERM keeps its default: it ends a worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _yield_to_manager()
+    _watch_parent(os.getppid())
+    clients = clients or _Clients(spec)
+    send_lock = threading.Lock()
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    threads = [threading.Thread(target=_serve, args=(tasks, conn, send_lock, clients, spec), daemon=True)
+               for _ in range(spec.concurrency)]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            task = pickle.loads(conn.recv_bytes())
+            if task is None:
+                break
+            tasks.put(task)
+    except (EOFError, OSError):
+        pass  # the manager is gone: nothing left to do
+    for _ in threads:
+        tasks.put(None)
+    for thread in threads:
+        thread.join()
+
+
+def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        outcome = execute(task, clients.get(task.endpoint), spec)
+        data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with send_lock:
+                conn.send_bytes(data)
+        except (BrokenPipeError, OSError):
+            os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
+
+
+def _yield_to_manager() -> None:
+    """Run this worker (and the threads it starts) under SCHED_BATCH, where a wakeup never preempts.
+
+    Every task the manager sends wakes a worker; on a machine with fewer cores than workers, a
+    normal wakeup takes the CPU from the manager mid-dispatch, and the one serial part of the run
+    stalls. Batch workers still get their full fair share of CPU, only a little later.
+    """
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None:
+        return  # not Linux: nothing to tune
+    try:
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+    except OSError:
+        pass  # refused (a container's seccomp profile, say): the run is only a little slower
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the manager dies (kill -9 leaves no one to tell us)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()

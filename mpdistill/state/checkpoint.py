@@ -1,0 +1,422 @@
+"""Record which rows of a run are done, so that a rerun resumes exactly.
+
+State is a contiguous watermark plus the sparse set of done keys above it, so a save costs
+O(rows in flight), not O(rows done). Files are written atomically and read with a restricted unpickler.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import logging
+import os
+import pickle
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from mpdistill.errors import CheckpointError
+from mpdistill.state.files import atomic_write, safe_name
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SUFFIX = "_checkpoint.pkl"
+HEAD_BYTES = 1 << 20          # fingerprint: hash of the first 1 MiB
+TAIL_BYTES = 64 << 10         # fingerprint: hash of the last 64 KiB before the recorded size
+
+_PLAIN_LEAVES = (type(None), bool, int, float, str, bytes)
+_PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
+# What a corrupt pickle stream may raise while being read (besides our own CheckpointError).
+_CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, OverflowError, ImportError, MemoryError, RecursionError)
+_INT_FIELDS = ("start", "watermark", "output_offset", "errors_offset", "ok", "failed")
+_FIELDS = ("version", "name", *_INT_FIELDS, "sparse", "input_position", "elapsed", "saved_at", "meta")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: any global other than set/frozenset is refused, never imported."""
+
+    # Protocols < 3 name the Python 2 module; super().find_class maps it to builtins.
+    _ALLOWED = {(module, name) for module in ("builtins", "__builtin__") for name in ("set", "frozenset")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise CheckpointError(f"checkpoint refers to {module}.{name}, which is not plain data")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_plain(value: Any, where: str = "meta") -> None:
+    """Refuse, at save time, anything the restricted unpickler would refuse at load time."""
+    if isinstance(value, _PLAIN_LEAVES):
+        return
+    if not isinstance(value, _PLAIN_CONTAINERS):
+        raise CheckpointError(f"{where} holds a {type(value).__name__}; only plain data may be saved")
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    for key, item in items:
+        _check_plain(key, where)
+        _check_plain(item, where)
+
+
+def _check_file_safe(st: os.stat_result, path: Path) -> None:
+    """Refuse a checkpoint that someone else could have planted or edited."""
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
+    if st.st_uid != os.getuid():
+        raise CheckpointError(f"checkpoint {path} is owned by uid {st.st_uid}, not by you "
+                              f"(uid {os.getuid()}); refusing to load it")
+    if st.st_mode & 0o022:
+        raise CheckpointError(f"checkpoint {path} is writable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):o}); refusing to load it")
+
+
+def _read_state(path: Path) -> dict:
+    """Read and validate one checkpoint file; FileNotFoundError when there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise CheckpointError(f"cannot open checkpoint {path}: {err}") from err
+    with os.fdopen(fd, "rb") as fh:
+        _check_file_safe(os.fstat(fh.fileno()), path)
+        try:
+            raw = _SafeUnpickler(io.BytesIO(fh.read())).load()
+        except _CORRUPT as err:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {err!r}") from err
+    return _validate(raw, path)
+
+
+def _validate(raw: Any, path: Path) -> dict:
+    """Check the version and shape of unpickled state; return it with normalised field types."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(raw).__name__}, not a dict")
+    if raw.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {raw.get('version')!r}, "
+                              f"this mpdistill reads version {FORMAT_VERSION}")
+    missing = [name for name in _FIELDS if name not in raw]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks field(s) {', '.join(missing)}")
+    state = dict(raw)
+    state["sparse"] = set(_check_ints(raw["sparse"], "sparse", path))
+    state["offsets"] = _check_offsets(raw.get("offsets", {}), path)
+    state["input_position"] = _check_position(raw["input_position"], path)
+    for name in _INT_FIELDS:
+        if not _is_int(raw[name]):
+            raise CheckpointError(f"checkpoint {path}: {name} is not an int")
+    if raw["watermark"] < raw["start"] or any(key < raw["start"] for key in state["sparse"]):
+        raise CheckpointError(f"checkpoint {path}: done keys below start {raw['start']}")
+    if not isinstance(raw["elapsed"], (int, float)) or not isinstance(raw["meta"], dict):
+        raise CheckpointError(f"checkpoint {path}: elapsed or meta has the wrong type")
+    if raw["saved_at"] is not None and not isinstance(raw["saved_at"], (int, float)):
+        raise CheckpointError(f"checkpoint {path}: saved_at has the wrong type")
+    return state
+
+
+def _check_ints(value: Any, name: str, path: Path) -> list[int]:
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(_is_int(v) for v in value):
+        raise CheckpointError(f"checkpoint {path}: {name} is not a collection of ints")
+    return list(value)
+
+
+def _check_offsets(value: Any, path: Path) -> dict[int, int]:
+    if not isinstance(value, dict) or not all(_is_int(k) and _is_int(v) for k, v in value.items()):
+        raise CheckpointError(f"checkpoint {path}: offsets is not a dict of ints")
+    return dict(value)
+
+
+def _check_position(value: Any, path: Path) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        return (value[0], value[1])
+    raise CheckpointError(f"checkpoint {path}: input_position is not (next_key, byte_offset)")
+
+
+class CheckpointManager:
+    """The done keys of one run (watermark + sparse set), its offsets and counters, and their file."""
+
+    def __init__(self, save_interval: int = 10, name: str = "default",
+                 directory: str | os.PathLike = "checkpoints", start: int = 1) -> None:
+        if save_interval < 1:
+            raise ValueError("save_interval must be >= 1")
+        self.name = name
+        self.path = checkpoint_path(name, directory)
+        self.save_interval = save_interval
+        self.start = start
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (start over); the file is left alone."""
+        self.watermark: int = self.start
+        self.sparse: set[int] = set()
+        self._offsets: dict[int, int] = {}     # end offsets of sparse keys only
+        self.input_position: tuple[int, int] | None = None
+        self.output_offset = 0
+        self.errors_offset = 0
+        self.ok = 0
+        self.failed = 0
+        self.elapsed = 0.0
+        self.meta: dict = {}
+        self.saved_at: float | None = None
+        self._unsaved_rows = 0
+
+    # --- done keys -------------------------------------------------------------------------
+
+    def is_done(self, key: int) -> bool:
+        """True when row `key` is recorded as done."""
+        return self.start <= key < self.watermark or key in self.sparse
+
+    def mark_done(self, key: int, end_offset: int | None = None) -> None:
+        """Record row `key` as done; `end_offset` is the input byte offset just after it, if known."""
+        if key < self.start:
+            raise ValueError(f"key {key} is below this run's start key {self.start}")
+        if self.is_done(key):
+            return
+        if key != self.watermark:
+            self.sparse.add(key)
+            if end_offset is not None:
+                self._offsets[key] = end_offset
+            return
+        self._pass(key, end_offset)
+        self._advance()
+
+    def mark_range(self, start: int, stop: int) -> None:
+        """Record keys [start, stop) as done at once (a resume scan found them); offsets unknown."""
+        if start > self.watermark or stop <= self.watermark:
+            for key in range(max(start, self.start), stop):
+                self.mark_done(key)
+            return
+        self.watermark = stop
+        self.sparse = {k for k in self.sparse if k >= stop}
+        self._offsets = {k: v for k, v in self._offsets.items() if k >= stop}
+        self._advance()
+
+    def _advance(self) -> None:
+        """Move the watermark over the sparse keys that now continue it."""
+        while self.watermark in self.sparse:
+            self.sparse.remove(self.watermark)
+            self._pass(self.watermark, self._offsets.pop(self.watermark, None))
+
+    def _pass(self, key: int, end_offset: int | None) -> None:
+        """Move the watermark over `key`; a known end offset becomes the new safe seek point."""
+        self.watermark = key + 1
+        if end_offset is not None:
+            self.input_position = (key + 1, end_offset)
+
+    @property
+    def processed_indices(self) -> set[int]:
+        """The full set of done keys (materialised: O(rows done))."""
+        return set(range(self.start, self.watermark)) | self.sparse
+
+    @property
+    def processed_count(self) -> int:
+        """How many keys are done, without materialising them."""
+        return self.watermark - self.start + len(self.sparse)
+
+    # --- counters and saving ---------------------------------------------------------------
+
+    def add_elapsed(self, seconds: float) -> None:
+        """Add run time to the total accumulated across runs."""
+        self.elapsed += seconds
+
+    def record(self, *, output_offset: int, errors_offset: int, ok: int = 0, failed: int = 0,
+               rows: int = 0) -> bool:
+        """Note what an fsync covered; save once `save_interval` rows were recorded. True if saved."""
+        self.output_offset = output_offset
+        self.errors_offset = errors_offset
+        self.ok += ok
+        self.failed += failed
+        self._unsaved_rows += rows
+        if self._unsaved_rows < self.save_interval:
+            return False
+        self.save()
+        return True
+
+    def to_dict(self) -> dict:
+        """The plain data that is pickled (`offsets`: end offsets of sparse keys, when known)."""
+        return {
+            "version": FORMAT_VERSION, "name": self.name, "start": self.start,
+            "watermark": self.watermark, "sparse": sorted(self.sparse),
+            "offsets": dict(self._offsets), "input_position": self.input_position,
+            "output_offset": self.output_offset, "errors_offset": self.errors_offset,
+            "ok": self.ok, "failed": self.failed, "elapsed": float(self.elapsed),
+            "saved_at": self.saved_at, "meta": dict(self.meta),
+        }
+
+    def save(self) -> None:
+        """Write the state atomically (temp file, fsync, rename, fsync dir), mode 0o600."""
+        _check_plain(self.meta)
+        previous, self.saved_at = self.saved_at, time.time()
+        data = pickle.dumps(self.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            atomic_write(self.path, data, mode=0o600, dir_mode=0o700)
+        except OSError as err:
+            self.saved_at = previous
+            raise CheckpointError(f"cannot save checkpoint {self.path}: {err}") from err
+        except BaseException:
+            self.saved_at = previous
+            raise
+        self._unsaved_rows = 0
+        log.debug("checkpoint %s saved: %d rows done (watermark %d, %d sparse)",
+                  self.path, self.processed_count, self.watermark, len(self.sparse))
+
+    def load(self) -> bool:
+        """Load the file into this manager; False if there is none. Raises CheckpointError if unusable."""
+        try:
+            state = _read_state(self.path)
+        except FileNotFoundError:
+            return False
+        self._apply(state)
+        log.info("resuming from checkpoint %s: %d rows done, watermark %d, %d sparse",
+                 self.path, self.processed_count, self.watermark, len(self.sparse))
+        return True
+
+    def _apply(self, state: dict) -> None:
+        """Adopt validated state; the file's start key wins, since the done keys are counted from it."""
+        if state["start"] != self.start:
+            log.warning("checkpoint %s starts at key %d, not %d; using the file's start",
+                        self.path, state["start"], self.start)
+        self.start, self.watermark = state["start"], state["watermark"]
+        # A hand-edited file may list keys at or below the watermark: fold them in rather than refuse.
+        self.sparse = {key for key in state["sparse"] if key >= self.watermark}
+        self._offsets = {k: v for k, v in state["offsets"].items() if k in self.sparse}
+        self.input_position = state["input_position"]
+        self._advance()
+        for name in ("output_offset", "errors_offset", "ok", "failed", "saved_at", "meta"):
+            setattr(self, name, state[name])
+        self.elapsed = float(state["elapsed"])
+        self._unsaved_rows = 0
+
+    def clear(self) -> None:
+        """Remove the checkpoint file (and temp files a killed save left behind), if present."""
+        _remove_checkpoint(self.path)
+
+
+# --- module-level helpers ------------------------------------------------------------------
+
+
+def checkpoint_path(name: str, directory: str | os.PathLike = "checkpoints") -> Path:
+    """Where the checkpoint of run `name` lives."""
+    return Path(directory) / f"{safe_name(name)}{SUFFIX}"
+
+
+def _resolve(name: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """A run name, model name or path to a .pkl file -> the checkpoint path."""
+    if str(name).endswith(".pkl"):
+        as_path, in_dir = Path(name), Path(directory) / name
+        return in_dir if not as_path.exists() and in_dir.exists() else as_path
+    return checkpoint_path(str(name), directory)
+
+
+def _summary(state: dict, path: Path) -> dict:
+    processed = state["watermark"] - state["start"] + len(state["sparse"])
+    return {"name": state["name"], "path": path, "processed": processed, "ok": state["ok"],
+            "failed": state["failed"], "elapsed": float(state["elapsed"]),
+            "saved_at": state["saved_at"], "error": None}
+
+
+def load_checkpoint(name: str | os.PathLike, directory: str | os.PathLike = "checkpoints") -> dict | None:
+    """The checkpoint of `name` as a plain dict (processed_indices is the full set); None if missing."""
+    path = _resolve(name, directory)
+    try:
+        state = _read_state(path)
+    except FileNotFoundError:
+        return None
+    info = dict(state)
+    info.update(_summary(state, path))
+    del info["error"]
+    info["processed_indices"] = set(range(state["start"], state["watermark"])) | state["sparse"]
+    return info
+
+
+def _remove_checkpoint(path: Path) -> list[Path]:
+    """Remove one checkpoint file and its leftover temp files; return what was removed."""
+    leftovers = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    removed = []
+    for victim in [path, *leftovers]:
+        try:
+            victim.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(victim)
+    return removed
+
+
+def clear_checkpoint(name: str | os.PathLike | None = None,
+                     directory: str | os.PathLike = "checkpoints") -> list[Path]:
+    """Remove the checkpoint of `name`, or every checkpoint in `directory` when `name` is None."""
+    if name is not None:
+        removed = _remove_checkpoint(_resolve(name, directory))
+    else:
+        removed = [p for path in _checkpoint_files(directory) for p in _remove_checkpoint(path)]
+    for path in removed:
+        log.info("removed checkpoint file %s", path)
+    return removed
+
+
+def _checkpoint_files(directory: str | os.PathLike) -> list[Path]:
+    folder = Path(directory)
+    return sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+
+
+def list_checkpoints(directory: str | os.PathLike = "checkpoints") -> list[dict]:
+    """One summary per checkpoint in `directory`; unreadable ones carry an `error` string."""
+    summaries = []
+    for path in _checkpoint_files(directory):
+        try:
+            summaries.append(_summary(_read_state(path), path))
+        except (CheckpointError, OSError) as err:
+            summaries.append({"name": path.name[:-len(SUFFIX)], "path": path, "processed": None,
+                              "ok": None, "failed": None, "elapsed": None, "saved_at": None,
+                              "error": str(err)})
+    return summaries
+
+
+def backup_file(path: str | os.PathLike) -> Path:
+    """Rename `path` to `path.bak-YYYYmmdd-HHMMSS` (plus `-N` if taken); return the new path."""
+    path = Path(path)
+    base = f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, counter = path.with_name(base), 1
+    while target.exists():
+        target, counter = path.with_name(f"{base}-{counter}"), counter + 1
+    os.rename(path, target)
+    log.warning("moved %s aside to %s", path, target)
+    return target
+
+
+def _sha256_range(fh, start: int, length: int) -> str:
+    fh.seek(start)
+    return hashlib.sha256(fh.read(length)).hexdigest()
+
+
+def fingerprint_input(path: str | os.PathLike) -> dict:
+    """A cheap identity of an input file: size, mtime, hashes of its head and of its tail."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        return {"size": st.st_size, "mtime": st.st_mtime,
+                "head_sha256": _sha256_range(fh, 0, min(HEAD_BYTES, st.st_size)),
+                "tail_sha256": _sha256_range(fh, max(0, st.st_size - TAIL_BYTES),
+                                             min(TAIL_BYTES, st.st_size))}
+
+
+def input_unchanged(fp: dict, path: str | os.PathLike) -> bool:
+    """True if the file still starts with the content `fp` saw; appended rows are not a change."""
+    try:
+        size = int(fp["size"])
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < size:
+                return False
+            head = _sha256_range(fh, 0, min(HEAD_BYTES, size))
+            tail = _sha256_range(fh, max(0, size - TAIL_BYTES), min(TAIL_BYTES, size))
+    except FileNotFoundError:
+        return False
+    except (KeyError, TypeError, ValueError):
+        log.warning("input fingerprint %r is malformed; treating the input as changed", fp)
+        return False
+    return head == fp.get("head_sha256") and tail == fp.get("tail_sha256")

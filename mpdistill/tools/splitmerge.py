@@ -1,0 +1,481 @@
+"""Split an input JSONL into line-range chunks for separate runs, and merge the chunks' results back.
+
+Layout (one folder holds everything; runs write beside their chunk):
+
+    DIR/manifest.json                      written by split, last (input, size, line ranges)
+    DIR/chunk_0000.jsonl …                 chunk i = input lines [i*S+1, (i+1)*S], S = ceil(N/chunks)
+    DIR/chunk_0000/<alias>/results.jsonl   a run's output for that chunk (+ results.errors.jsonl)
+    DIR/merged/<alias>/results.jsonl       written by merge (+ results.errors.jsonl, stats.json)
+
+Merge also finds `<alias>_results.jsonl` files and a plain `results.jsonl` in a chunk folder (alias
+"default"). Rows without an id get their original line number written in by split, so merged ids
+equal those of an unsplit run; merged lines carry their original line number in `"line"`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Iterator
+
+from ..state.files import atomic_write
+from ..errors import ConfigError, InputFileError, MpdistillError, OutputError
+from ..outputs.batch import is_batch_output
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MERGED = "merged"
+DEFAULT_ALIAS = "default"
+_CHUNK_NAME = re.compile(r"^chunk_\d{4,}$")
+EXIT_OK, EXIT_USAGE, EXIT_INCOMPLETE = 0, 2, 3
+
+
+# ---- ids and lines -----------------------------------------------------------------------------
+
+def _explicit_id(obj: object):
+    """The row's own id (id, else custom_id), or None; an empty id counts as none, as in `source`."""
+    rid = obj.get("id", obj.get("custom_id")) if isinstance(obj, dict) else None
+    return None if rid == "" else rid
+
+
+def row_id(obj: object, line: int) -> str:
+    """The id mpdistill gives a row (same rule as `source`): id, else custom_id, else its line number."""
+    rid = _explicit_id(obj)
+    return str(line) if rid is None else str(rid)
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a file (a last line without a newline counts), read in 1 MiB blocks."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _with_id(raw: bytes, line: int) -> bytes:
+    """The line, newline-terminated, with `"id": "<line>"` written in when the row has no id."""
+    raw = raw if raw.endswith(b"\n") else raw + b"\n"
+    if not raw.strip():
+        return raw
+    try:
+        obj = json.loads(raw)
+    except ValueError:     # not JSON (or not UTF-8): the run reports it; it stays as it was
+        return raw
+    if not isinstance(obj, dict) or _explicit_id(obj) is not None:
+        return raw
+    obj["id"] = str(line)
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---- split -------------------------------------------------------------------------------------
+
+def chunk_ranges(lines: int, chunks: int) -> list[tuple[int, int]]:
+    """0-based [start, end) line ranges: chunk i gets [i*S, (i+1)*S) with S = ceil(lines/chunks)."""
+    size = max(1, math.ceil(lines / chunks))
+    return [(min(i * size, lines), min((i + 1) * size, lines)) for i in range(chunks)]
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk_{index:04d}"
+
+
+def split_file(input: str | os.PathLike, chunks: int, out_dir: str | os.PathLike) -> list[Path]:
+    """Write `chunks` chunk files (some may be empty) and the manifest; return the chunk paths."""
+    src, out = Path(input), Path(out_dir)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks <= 0:
+        raise ConfigError(f"--chunks must be an integer > 0, got {chunks!r}")
+    if not src.is_file():
+        raise InputFileError(f"input file not found: {src}")
+    lines = count_lines(src)
+    manifest = _manifest(src, lines, chunks)
+    _check_previous(out, manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _write_chunks(src, out, manifest["files"])
+    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    log.info("split %s (%d lines) into %d chunks in %s", src, lines, chunks, out)
+    return paths
+
+
+def _manifest(src: Path, lines: int, chunks: int) -> dict:
+    stat = src.stat()
+    files = [{"file": f"{chunk_name(i)}.jsonl", "first_line": start + 1, "last_line": end,
+              "lines": end - start} for i, (start, end) in enumerate(chunk_ranges(lines, chunks))]
+    return {"format": 1, "input": str(src.resolve()), "input_size": stat.st_size,
+            "input_mtime_ns": stat.st_mtime_ns, "lines": lines, "chunks": chunks,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files}
+
+
+_SAME_SPLIT = ("input", "input_size", "input_mtime_ns", "chunks")
+
+
+def _check_previous(out: Path, manifest: dict) -> None:
+    """A folder may be split into again only for the same input and chunk count (runs may live there)."""
+    old = read_manifest(out)
+    if old is not None and any(old.get(k) != manifest[k] for k in _SAME_SPLIT):
+        raise ConfigError(f"{out} already holds a different split ({old.get('input')}, "
+                          f"{old.get('chunks')} chunks); choose another --out-dir")
+
+
+def _write_chunks(src: Path, out: Path, files: list[dict]) -> list[Path]:
+    paths = []
+    with open(src, "rb") as f:
+        line = 1
+        for entry in files:
+            path = out / entry["file"]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as chunk:
+                for _ in range(entry["lines"]):
+                    chunk.write(_with_id(f.readline(), line))
+                    line += 1
+                _sync(chunk)
+            os.replace(tmp, path)
+            paths.append(path)
+    return paths
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The split manifest of `directory`, or None when there is none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the split manifest: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise ConfigError(f"{path}: not a split manifest")
+    return data
+
+
+# ---- merge: finding the parts --------------------------------------------------------------------
+
+@dataclass
+class Part:
+    """The result and error files of one model for one chunk."""
+
+    label: str                      # the chunk folder, relative to the merged dir ("." for none)
+    alias: str
+    offset: int | None = None       # original line = chunk line + offset (from the manifest)
+    order: int = 1 << 30
+    results: Path | None = None
+    errors: Path | None = None
+
+
+def _classify(rel: Path, chunk_dirs: set[str]) -> tuple[str, str, str] | None:
+    """(kind, alias, chunk label) of a file under the merged dir, or None when it is not a result file."""
+    name, parent = rel.name, rel.parent
+    if name in ("results.jsonl", "results.errors.jsonl", "errors.jsonl"):
+        kind = "results" if name == "results.jsonl" else "errors"
+        if parent == Path(".") or parent.name in chunk_dirs or _CHUNK_NAME.match(parent.name):
+            return kind, DEFAULT_ALIAS, str(parent)
+        return kind, parent.name, str(parent.parent)
+    for suffix, kind in (("_results.jsonl", "results"), ("_results.errors.jsonl", "errors")):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return kind, name[:-len(suffix)], str(parent)
+    return None
+
+
+def find_parts(directory: Path, manifest: dict | None) -> dict[str, list[Part]]:
+    """Every model's parts under `directory` (not under merged/), in chunk order."""
+    offsets = {Path(e["file"]).stem: (i, e["first_line"] - 1)
+               for i, e in enumerate((manifest or {}).get("files", []))}
+    parts: dict[tuple[str, str], Part] = {}
+    for path in sorted(directory.rglob("*.jsonl")):
+        rel = path.relative_to(directory)
+        found = _classify(rel, set(offsets)) if rel.parts[0] != MERGED else None
+        if found is None:
+            continue
+        kind, alias, label = found
+        order, offset = offsets.get(Path(label).name, (1 << 30, None))
+        part = parts.setdefault((alias, label), Part(label, alias, offset, order))
+        if kind == "errors" and part.errors is not None:
+            log.warning("%s: two errors files for %s; using %s", label, alias, part.errors)
+            continue
+        setattr(part, kind, path)
+    by_alias: dict[str, list[Part]] = {}
+    for part in sorted(parts.values(), key=lambda p: (p.order, p.label)):
+        by_alias.setdefault(part.alias, []).append(part)
+    return by_alias
+
+
+# ---- merge: one model ---------------------------------------------------------------------------
+
+@dataclass
+class ModelMerge:
+    """Counts and id sets of one model's merge (the sets are what `missing` is counted against)."""
+
+    files: int = 0
+    rows: int = 0
+    duplicates: int = 0
+    bad_lines: int = 0
+    succeeded: set = field(default_factory=set)
+    failed: set = field(default_factory=set)
+    missing: int | None = None
+
+    def as_dict(self, output: Path, errors: Path | None) -> dict:
+        return {"files": self.files, "rows": self.rows, "duplicates": self.duplicates,
+                "succeeded": len(self.succeeded), "failed": len(self.failed), "missing": self.missing,
+                "bad_lines": self.bad_lines, "output": str(output),
+                "errors": None if errors is None else str(errors)}
+
+
+def _records(path: Path, part: Part, merge: ModelMerge) -> Iterator[tuple[str, bytes]]:
+    """(identity, line to write) for each readable line of a part's file."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                merge.bad_lines += 1
+                continue
+            if not isinstance(obj, dict):
+                merge.bad_lines += 1
+                continue
+            yield _identity(obj, part), _relined(obj, raw, part)
+
+
+def _identity(obj: dict, part: Part) -> str:
+    """The row id of an output/errors line; an id-less error row is known by its original line."""
+    rid = obj.get("custom_id") if is_batch_output(obj) else obj.get("id")
+    if rid is not None and rid != "":
+        return str(rid)
+    line = obj.get("line")
+    if isinstance(line, int) and part.offset is not None:
+        return str(line + part.offset)
+    return f"{part.label}#{line}"
+
+
+def _relined(obj: dict, raw: bytes, part: Part) -> bytes:
+    """The line with `"line"` (first key) set to the original input line number when known."""
+    line = obj.get("line")
+    if part.offset is None or not isinstance(line, int) or isinstance(line, bool):
+        return raw if raw.endswith(b"\n") else raw + b"\n"
+    rest = {k: v for k, v in obj.items() if k != "line"}
+    return (json.dumps({"line": line + part.offset, **rest}, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _merge_results(parts: list[Part], out: IO[bytes], merge: ModelMerge) -> None:
+    for part in parts:
+        if part.results is None:
+            continue
+        merge.files += 1
+        for rid, line in _records(part.results, part, merge):
+            merge.rows += 1
+            if rid in merge.succeeded:
+                merge.duplicates += 1
+                continue
+            merge.succeeded.add(rid)
+            out.write(line)
+
+
+def _merge_errors(parts: list[Part], out: IO[bytes] | None, merge: ModelMerge) -> None:
+    """Failed ids: error rows whose id never succeeded, first one kept."""
+    for part in parts:
+        if part.errors is None:
+            continue
+        for rid, line in _records(part.errors, part, merge):
+            if rid in merge.succeeded or rid in merge.failed:
+                continue
+            merge.failed.add(rid)
+            if out is not None:
+                out.write(line)
+
+
+def merge_model(parts: list[Part], target: Path, merge_errors: bool) -> ModelMerge:
+    """Write one model's merged results (and errors) under `target`; return its counts."""
+    target.mkdir(parents=True, exist_ok=True)
+    merge = ModelMerge()
+    results, errors = target / "results.jsonl", target / "results.errors.jsonl"
+    with _AtomicFile(results) as out:
+        _merge_results(parts, out, merge)
+    if merge_errors:
+        with _AtomicFile(errors) as out:
+            _merge_errors(parts, out, merge)
+    else:
+        errors.unlink(missing_ok=True)    # a stale file from an earlier merge would mislead
+        _merge_errors(parts, None, merge)
+    return merge
+
+
+# ---- merge: the whole folder -------------------------------------------------------------------
+
+def merge_dir(dir: str | os.PathLike, models: list[str] | None = None, merge_errors: bool = False,
+              input: str | os.PathLike | None = None) -> dict:
+    """Merge every chunk's results per model into DIR/merged/; write and return the stats."""
+    directory = Path(dir)
+    if not directory.is_dir():
+        raise InputFileError(f"merge: directory not found: {directory}")
+    manifest = read_manifest(directory)
+    by_alias = _select(find_parts(directory, manifest), models, directory)
+    input_path = _input_for_missing(input, manifest)
+    merges = {alias: merge_model(parts, directory / MERGED / alias, merge_errors)
+              for alias, parts in by_alias.items()}
+    if input_path is not None:
+        count_missing(input_path, merges)
+    stats = {"dir": str(directory), "input": None if input_path is None else str(input_path),
+             "merged_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "models": {a: m.as_dict(directory / MERGED / a / "results.jsonl",
+                                     directory / MERGED / a / "results.errors.jsonl" if merge_errors else None)
+                        for a, m in merges.items()}}
+    atomic_write(directory / MERGED / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+    return stats
+
+
+def _select(by_alias: dict[str, list[Part]], models: list[str] | None, directory: Path) -> dict:
+    if not by_alias:
+        raise ConfigError(f"merge: no results under {directory} "
+                          f"(expected {directory}/<chunk>/<model>/results.jsonl)")
+    if not models:
+        return by_alias
+    unknown = [m for m in models if m not in by_alias]
+    if unknown:
+        raise ConfigError(f"merge: no results for model(s) {', '.join(unknown)} under {directory} "
+                          f"(found: {', '.join(sorted(by_alias))})")
+    return {m: by_alias[m] for m in dict.fromkeys(models)}
+
+
+def _input_for_missing(input, manifest: dict | None) -> Path | None:
+    """The input to count missing rows against: the one given, else the manifest's if it still exists."""
+    if input is not None:
+        path = Path(input)
+        if not path.is_file():
+            raise InputFileError(f"merge: input file not found: {path}")
+        return path
+    if manifest and manifest.get("input"):
+        path = Path(manifest["input"])
+        if path.is_file():
+            return path
+        log.warning("the split input %s is gone: missing rows are not counted", path)
+    return None
+
+
+def input_ids(path: Path) -> Iterator[str]:
+    """The id of every non-blank input line, as a run (or split) gives it."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                obj = None
+            yield row_id(obj, line)
+
+
+def count_missing(path: Path, merges: dict[str, ModelMerge]) -> None:
+    """Set each model's `missing`: input rows with neither a result nor an error row."""
+    for merge in merges.values():
+        merge.missing = 0
+    for rid in input_ids(path):
+        for merge in merges.values():
+            if rid not in merge.succeeded and rid not in merge.failed:
+                merge.missing += 1
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+def _sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class _AtomicFile:
+    """A file written beside its target and renamed over it only when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+
+    def __enter__(self) -> IO[bytes]:
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror}") from err
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                _sync(self.f)
+            self.f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror}") from err
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+class _UsageError(Exception):
+    """Raised by the parsers instead of exiting, so the commands return exit codes."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: error: {message} (see --help)")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    try:
+        return parser.parse_args(argv)
+    except _UsageError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as stop:     # --help
+        return stop.code if isinstance(stop.code, int) else EXIT_OK
+
+
+def split_command(argv: list[str]) -> int:
+    """`mpdistill split INPUT --chunks N --out-dir DIR`."""
+    p = _Parser(prog="mpdistill split", description="Split a JSONL input into N line-range chunks.")
+    p.add_argument("input")
+    p.add_argument("--chunks", type=int, required=True, help="number of chunks")
+    p.add_argument("--out-dir", required=True, help="folder for chunk_0000.jsonl … and manifest.json")
+    args = _parse(p, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        paths = split_file(args.input, args.chunks, args.out_dir)
+    except MpdistillError as err:
+        print(f"mpdistill split: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Wrote {len(paths)} chunks and {MANIFEST} to {args.out_dir}; run each chunk with "
+          f"-i {args.out_dir}/chunk_NNNN.jsonl -o {args.out_dir}/chunk_NNNN/<model>/results.jsonl")
+    return EXIT_OK
+
+
+def merge_command(argv: list[str]) -> int:
+    """`mpdistill merge DIR [--models a b] [--merge-errors] [--input FILE]`; 3 when rows failed or are missing."""
+    p = _Parser(prog="mpdistill merge", description="Merge the chunks' results per model into DIR/merged/.")
+    p.add_argument("dir")
+    p.add_argument("--models", nargs="+", help="merge only these models (folder names)")
+    p.add_argument("--merge-errors", action="store_true", help="also write merged/<model>/results.errors.jsonl")
+    p.add_argument("--input", help="input to count missing rows against (default: the manifest's)")
+    args = _parse(p, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        stats = merge_dir(args.dir, args.models, args.merge_errors, args.input)
+    except MpdistillError as err:
+        print(f"mpdistill merge: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    for alias, s in stats["models"].items():
+        missing = "" if s["missing"] is None else f", {s['missing']} missing"
+        print(f"{alias}: {s['succeeded']} succeeded, {s['failed']} failed{missing}, "
+              f"{s['duplicates']} duplicates dropped -> {s['output']}")
+    incomplete = any(s["failed"] or s["missing"] for s in stats["models"].values())
+    return EXIT_INCOMPLETE if incomplete else EXIT_OK
