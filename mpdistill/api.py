@@ -195,7 +195,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
-                          image_max_side=cfg.image_max_side, base_dir=base_dir)
+                          image_max_side=cfg.image_max_side, base_dir=base_dir, mode=cfg.mode)
         keypool = KeyPool(list(cfg.endpoints))
         summary = None
         for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce):
