@@ -13,6 +13,7 @@ import random
 import threading
 import time
 
+from .batches import BatchStore
 from .replies import (_MALFORMED_BODY, _NO_MARKERS, DEFAULT_MODEL, Markers, MockOptions, Reply,
                       error_reply, json_reply, retry_headers)
 
@@ -150,6 +151,13 @@ class _Responder:
         self._requests = self._in_flight = self._max_concurrent = 0
         self._by_status: collections.Counter[int] = collections.Counter()
         self._prompts: collections.Counter[str] = collections.Counter()
+        self._chat_calls = 0
+        self._revoked: dict[str, bool] = {}     # key -> may still read its files and batches
+        self.batches = BatchStore(options, self._chat)
+
+    def revoke(self, key: str, reads: bool = True) -> None:
+        """Reject `key` from now on (401); with `reads`, it may still poll and download its batches."""
+        self._revoked[key] = reads
 
     async def handle(self, method: str, target: str, headers: dict, body: bytes) -> Reply:
         """Answer one request, after the configured latency."""
@@ -167,14 +175,15 @@ class _Responder:
     def stats(self) -> dict:
         """A snapshot of the counters."""
         with self._lock:
-            return {"requests": self._requests, "by_status": dict(self._by_status),
-                    "max_concurrent": self._max_concurrent, "in_flight": self._in_flight,
-                    "prompts": dict(self._prompts)}
+            counts = {"requests": self._requests, "by_status": dict(self._by_status),
+                      "max_concurrent": self._max_concurrent, "in_flight": self._in_flight,
+                      "prompts": dict(self._prompts), "chat_requests": self._chat_calls}
+        return {**counts, **self.batches.stats()}
 
     def reset_stats(self) -> None:
         """Zero the counters (marker state and the rate limiter are kept)."""
         with self._lock:
-            self._requests = self._max_concurrent = 0
+            self._requests = self._max_concurrent = self._chat_calls = 0
             self._by_status.clear()
             self._prompts.clear()
 
@@ -196,6 +205,14 @@ class _Responder:
         path = path[3:] if path.startswith("/v1/") else path
         if method == "POST" and path == "/chat/completions":
             handler = self._chat
+            with self._lock:
+                self._chat_calls += 1
+        elif self.batches.handles(path):
+            refusal = self._auth(headers, reads=method == "GET")
+            if refusal is not None:
+                return refusal
+            return await self.batches.handle(method, path, target.partition("?")[2], _bearer(headers),
+                                             headers, body)
         elif method == "GET" and (path == "/models" or path.startswith("/models/")):
             handler = self._models
         else:
@@ -206,8 +223,9 @@ class _Responder:
     def _gate(self, headers: dict) -> Reply | None:
         """The server-wide refusals, in the order a real API applies them."""
         opts = self.options
-        if opts.api_keys is not None and _bearer(headers) not in opts.api_keys:
-            return error_reply(401, "Incorrect API key provided.", "invalid_api_key")
+        refusal = self._auth(headers)
+        if refusal is not None:
+            return refusal
         if opts.fixed_status is not None:
             extra = retry_headers(1.0) if opts.fixed_status == 429 else ()
             return error_reply(opts.fixed_status, f"injected status {opts.fixed_status}", headers=extra)
@@ -216,6 +234,15 @@ class _Responder:
             return error_reply(429, "Rate limit reached for requests", headers=retry_headers(wait))
         if opts.error_rate > 0 and self._rng.random() < opts.error_rate:
             return error_reply(500, "injected server error")
+        return None
+
+    def _auth(self, headers: dict, reads: bool = False) -> Reply | None:
+        """401 for an unknown key, or a revoked one (which may keep reading when revoked so)."""
+        key = _bearer(headers)
+        if self.options.api_keys is not None and key not in self.options.api_keys:
+            return error_reply(401, "Incorrect API key provided.", "invalid_api_key")
+        if key in self._revoked and not (reads and self._revoked[key]):
+            return error_reply(401, "This API key has been revoked.", "invalid_api_key")
         return None
 
     def _with_limit_headers(self, reply: Reply) -> Reply:

@@ -32,6 +32,9 @@ class MockOptions:
     api_keys: frozenset[str] | None = field(default=None, repr=False)
     seed: int = 0
     record_prompts: bool = False
+    batch_seconds: float = 0.0          # Batches: time from create to completed
+    batch_script: tuple[str, ...] = ()  # outcome of each created batch in turn: ok, failed, expired
+    batch_max_requests: int = 50_000
 
     def __post_init__(self) -> None:
         if self.fixed_status is not None and not 400 <= self.fixed_status <= 599:

@@ -39,12 +39,15 @@ class MockServer:
                  error_rate: float = 0.0, rate_limit_rps: float | None = None,
                  fixed_status: int | None = None, reasoning: bool = False, models=(),
                  strict_models: bool = False, api_keys=None, seed: int = 0,
-                 record_prompts: bool = False) -> None:
+                 record_prompts: bool = False, batch_seconds: float = 0.0, batch_script=(),
+                 batch_max_requests: int = 50_000) -> None:
         self.options = MockOptions(
             latency_ms=float(latency_ms), error_rate=float(error_rate),
             rate_limit_rps=rate_limit_rps, fixed_status=fixed_status, reasoning=reasoning,
             models=tuple(models), strict_models=strict_models, seed=seed,
-            api_keys=None if api_keys is None else frozenset(api_keys), record_prompts=record_prompts)
+            api_keys=None if api_keys is None else frozenset(api_keys), record_prompts=record_prompts,
+            batch_seconds=float(batch_seconds), batch_script=tuple(batch_script),
+            batch_max_requests=int(batch_max_requests))
         self._host, self._port = host, port
         self._responder = _Responder(self.options)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,8 +110,13 @@ class MockServer:
         logger.info("mock server on port %d resumed", self._port)
 
     def stats(self) -> dict:
-        """Thread-safe snapshot: requests, by_status, max_concurrent, in_flight, prompts."""
+        """Thread-safe snapshot: requests, by_status, max_concurrent, in_flight, prompts, chat_requests,
+        batches_created, batch_rows (custom_id -> batches created with it), batch_outcomes."""
         return self._responder.stats()
+
+    def revoke_key(self, key: str, reads: bool = True) -> None:
+        """Reject `key` from now on; with `reads` it may still poll and download its batches."""
+        self._responder.revoke(key, reads)
 
     def reset_stats(self) -> None:
         """Zero the counters between test phases."""
