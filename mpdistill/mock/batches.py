@@ -43,12 +43,13 @@ class _Batch:
     errors: dict | None = None
     counts: dict = field(default_factory=lambda: {"total": 0, "completed": 0, "failed": 0})
     cancel_at: float | None = None
+    created_wall: float = field(default_factory=time.time)
 
     def body(self) -> dict:
         return {"id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
                 "input_file_id": self.input_file_id, "completion_window": "24h", "status": self.status,
                 "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
-                "created_at": int(self.created_at), "request_counts": dict(self.counts),
+                "created_at": int(self.created_wall), "request_counts": dict(self.counts),
                 "metadata": self.metadata or None}
 
 
