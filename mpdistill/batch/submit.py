@@ -75,6 +75,7 @@ class Submitter:
                 self.r.journal.uploaded(entry, file_id)
             if entry.state == "uploaded":
                 self.r.journal.creating(entry)
+                crash.point("before_create")
                 self._create(entry, endpoint, api)
             elif entry.state == "creating":
                 found = calls.find(api, entry.marker)

@@ -67,11 +67,12 @@ class BatchStore:
         self.created = 0
         self.rows: collections.Counter[str] = collections.Counter()   # custom_id -> batches created with it
         self.outcomes: list[str] = []
+        self.by_owner: collections.Counter[str] = collections.Counter()   # key -> batches it created
 
     def stats(self) -> dict:
         with self._lock:
             return {"batches_created": self.created, "batch_rows": dict(self.rows),
-                    "batch_outcomes": list(self.outcomes)}
+                    "batch_outcomes": list(self.outcomes), "batches_by_key": dict(self.by_owner)}
 
     def handles(self, path: str) -> bool:
         return path == "/files" or path == "/batches" or path.startswith(("/files/", "/batches/"))
@@ -150,6 +151,7 @@ class BatchStore:
         with self._lock:
             self._batches[batch.id] = batch
             self.created += 1
+            self.by_owner[str(owner)] += 1
             self.rows.update(str(line.get("custom_id")) for line in lines)
             self.outcomes.append(batch.outcome)
         return json_reply(200, batch.body())
