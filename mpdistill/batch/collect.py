@@ -120,8 +120,10 @@ class Collector:
             self.outcome.returned.append(key)
             return
         attempts = self.attempts.get(key, 0) + 1
-        if retry.classify(err) is retry.Action.RETRY and attempts <= self.max_retries:
-            self.outcome.retry.append(key)
+        decision = retry.decide(err, retry.Attempt(number=attempts, retries=attempts - 1),
+                                retry.RetryPolicy(max_retries=self.max_retries, zero=True))
+        if decision.action is not retry.Action.FAIL_ROW:
+            (self.outcome.retry if decision.charged else self.outcome.returned).append(key)
             return
         row, job = row_of(meta), self.job
         history = [{"attempt": attempts, "endpoint": self.endpoint, "batch_id": self.batch_id,

@@ -35,7 +35,7 @@ class BatchRunner:
 
     def __init__(self, cfg, jobs, rows, keypool=None, spec=None, *, total=None, status_file=None,
                  progress=None, elapsed_before: float = 0.0, iteration=None, last_round=True,
-                 source=None, cache=None) -> None:
+                 source=None, cache=None, observer=None) -> None:
         self.cfg, self.job, self.rows = cfg, jobs[0], rows
         self.jobs = jobs
         self.total, self.status_file, self.progress = total, status_file, progress

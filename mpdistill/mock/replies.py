@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 DEFAULT_MODEL = "mock-model"
 _ALWAYS = math.inf
 _MARKER = re.compile(
-    r"\[\[(fail|sleep|malformed|reasoning|think|badjson|echo_params)(?::([^\[\]]*))?\]\]")
+    r"\[\[(fail|sleep|malformed|reasoning|think|badjson|echo_params|reset|nocontent|refusal)"
+    r"(?::([^\[\]]*))?\]\]")
 _MALFORMED_BODY = (b'{"id": "chatcmpl-mock-malformed", "object": "chat.completion", '
                    b'"choices": [{"index": 0, "message": {"role": "assis')
 
@@ -52,6 +53,7 @@ class Reply:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    cut_at: int | None = None   # send only this many body bytes, then drop the connection
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Markers:
     reasoning: bool = False
     think: bool = False
     echo_params: bool = False
+    reset_times: float = 0        # the connection drops mid-body
+    nocontent_times: float = 0    # content null, no tool calls, no refusal
+    refusal: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Markers:
@@ -116,6 +121,9 @@ _MARKER_PARSERS = {
     "reasoning": lambda arg: {"reasoning": True},
     "think": lambda arg: {"think": True},
     "echo_params": lambda arg: {"echo_params": True},
+    "reset": lambda arg: {"reset_times": _times(arg)},
+    "nocontent": lambda arg: {"nocontent_times": _times(arg)},
+    "refusal": lambda arg: {"refusal": True},
 }
 _NO_MARKERS = Markers()
 

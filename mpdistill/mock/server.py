@@ -228,7 +228,14 @@ class MockServer:
         except ValueError:
             return _refuse(writer, 400, "bad Content-Length or chunk size")
         keep_alive = keeps_alive(version, headers)
-        writer.write(encode(await self._answer(method, target, headers, body), keep_alive))
+        reply = await self._answer(method, target, headers, body)
+        data = encode(reply, keep_alive)
+        if reply.cut_at is not None:  # a scripted reset: part of the body, then the connection drops
+            writer.write(data[:len(data) - len(reply.body) + reply.cut_at])
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        writer.write(data)
         await writer.drain()
         return keep_alive
 
