@@ -65,11 +65,11 @@ class JobStore:
     def stop(self, job_id: str, now: bool = False) -> dict:
         """Ask the run to stop the way `--stop` does (a stop file); a job still starting gets SIGTERM."""
         record = self._record(job_id)
-        status = read_status(Path(record["status_file"]))
+        status = _current(record, read_status(Path(record["status_file"])))
         if status and live_state(status) in LIVE_STATES + ("stale",):
             write_stop(Path(record["status_file"]), status["pid"], now)
-        elif self._running(record):
-            os.kill(record["pid"], signal.SIGTERM)   # graceful in mpdistill: finish in flight, checkpoint
+        elif status is None and self._running(record):
+            os.kill(record["pid"], signal.SIGTERM)   # still starting; graceful in mpdistill too
         else:
             raise JobStateError(f"job {job_id} is not running")
         return {**self.view(job_id), "stop_requested": True}
@@ -138,7 +138,7 @@ class JobStore:
 
     def _state(self, record: dict, status: dict | None, exit_code: int | None) -> str:
         running = self._running(record)
-        if status is not None and (record.get("started_at") or 0) <= (status.get("updated_at") or 0) + 1:
+        if _current(record, status) is not None:
             state = live_state(status)
             if state == "crashed" and exit_code is not None:
                 return "failed"
@@ -159,8 +159,8 @@ class JobStore:
 
     def _exit_code(self, record: dict) -> int | None:
         child = self._children.get(record["id"])
-        if child is not None and child.poll() is not None:
-            return child.returncode
+        if child is not None:   # our child: its own exit status (exit.json comes just before it exits)
+            return child.poll()
         if record.get("source") == "discovered":
             return None
         data = self._read_json(self.root / record["id"] / "exit.json")
@@ -209,6 +209,13 @@ class JobStore:
     @staticmethod
     def _write_record(job_dir: Path, record: dict) -> None:
         atomic_write(job_dir / "job.json", json.dumps(record, indent=1, default=str).encode(), mode=0o600)
+
+
+def _current(record: dict, status: dict | None) -> dict | None:
+    """The status, unless it is left from before the job's latest start (a resumed job not yet running)."""
+    if status is None or (record.get("started_at") or 0) > (status.get("updated_at") or 0) + 1:
+        return None
+    return status
 
 
 def _summary_beside(status_file: Path) -> str | None:
