@@ -38,4 +38,10 @@ def serve_command(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"mpdistill: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    return serve(settings)
+    print(f"mpdistill serve: dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)"
+          + ("; API calls need the bearer token" if token else ""), file=sys.stderr, flush=True)
+    try:
+        return serve(settings)
+    except ConfigError as err:
+        print(f"mpdistill: error: {err}", file=sys.stderr)
+        return EXIT_USAGE

@@ -17,8 +17,7 @@ def serve(settings: ServeSettings) -> int:
     except ImportError as err:
         raise ConfigError("mpdistill serve needs its extra: pip install 'mpdistill[serve]'") from err
     app = create_app(settings)
-    log.warning("mpdistill serve on http://%s:%d/ (jobs in %s; watching %s)%s", settings.host, settings.port,
-                settings.jobs_dir, ", ".join(settings.watch) or "-",
-                "; token required" if settings.token else "")
+    log.info("serving on http://%s:%d/ (jobs in %s; watching %s)", settings.host, settings.port,
+             settings.jobs_dir, ", ".join(settings.watch))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
