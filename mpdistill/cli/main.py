@@ -26,7 +26,13 @@ COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-se
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with our usage code, 2, and one clear line."""
+    """argparse that exits with our usage code, 2, and one clear line, and never guesses a flag.
+
+    Abbreviations are off: `--mode threading` must be an unknown flag, not `--model threading`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -97,8 +103,23 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     out = p.add_argument_group("display")
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    out.add_argument("-v", "--verbose", action="store_true")
+    out.add_argument("--verbose", action="store_true", help="verbose log on stderr")
+    out.add_argument("-v", action=_RefusedShortFlag, hint="use --verbose (more log) or --validate "
+                     "(check the output; what -v meant in the older tool)")
+    out.add_argument("-s", action=_RefusedShortFlag, hint="use --status (what -s meant in the older tool)")
     return p
+
+
+class _RefusedShortFlag(argparse.Action):
+    """A short flag the older tool gave another meaning: refused with a hint, so it never starts a run."""
+
+    def __init__(self, option_strings, dest, hint: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                         **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not a flag of mpdistill: {self.hint}")
 
 
 _NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", "emit_retry", "stop", "now",
@@ -237,7 +258,8 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     if summary["state"] == "interrupted":
         say("Interrupted: checkpoint saved; run the same command again to resume.")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
+    incomplete = summary.get("failed") or summary.get("failed_total") or summary.get("missing")
+    return EXIT_FAILED_ROWS if incomplete else EXIT_OK
 
 
 def _env_secrets() -> list[str]:
