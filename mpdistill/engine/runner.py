@@ -22,8 +22,8 @@ from ..state.checkpoint import CheckpointManager
 from ..config import RunConfig
 from ..state.stopfile import check_stop
 from ..state.resume import next_round
-from ..errors import (AuthError, CheckpointError, ConnectError, MpdistillError, RateLimitError,
-                     RunAbortedError, from_info)
+from ..errors import CheckpointError, MpdistillError, RunAbortedError, WorkerLostError, from_info
+from .health import Health
 from .keypool import KeyPool
 from .pool import WorkerPool
 from ..inputs.jsonl import BadRow, Blank, Idle, Row
@@ -66,6 +66,7 @@ class Item:
     attempts: int = 0        # calls made
     retries: int = 0         # calls that count against --max-retries
     history: list = field(default_factory=list)
+    marks: dict = field(default_factory=dict)   # Health's memory of where this row began failing
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Runner:
         self.pool = WorkerPool(spec, cfg.processes)
         self.policy = retry.RetryPolicy(max_retries=cfg.max_retries, base_delay=cfg.retry_base,
                                         max_delay=cfg.retry_max)
+        self.health = Health()
         self.total = total
         self.status_file = status_file
         self.progress = progress
@@ -341,6 +343,7 @@ class Runner:
         used = (c.usage or {}).get("total_tokens")
         self.keypool.release(flight.endpoint, ok=True, reserved_tokens=flight.reserved,
                              used_tokens=used, headers=c.headers)
+        self.health.succeeded(flight.endpoint)
         item, job = flight.item, self.jobs[flight.item.job]
         self._observe(flight, outcome.latency_s, 200, completion=c)
         job.stats.ok += 1
@@ -352,36 +355,33 @@ class Runner:
                               records.with_samples(record, c.samples, self.cfg.explode_samples))
 
     def _failed(self, flight: Flight, err, latency: float | None = None) -> None:
+        """Let `retry.decide` say what the failure means, then do it: the keypool, the row."""
         item = flight.item
         self._observe(flight, latency, getattr(err, "status", None), type(err).__name__)
-        delay = None
-        if isinstance(err, RateLimitError):
-            self.keypool.rate_limited(flight.endpoint, err.retry_after, flight.reserved)
-            delay = 0.0  # the endpoint's cooldown does the waiting; any other endpoint may take it now
-        elif isinstance(err, AuthError):
-            self.keypool.failed(flight.endpoint, flight.reserved, transient=False)  # ends the call
-            if self.keypool.disable(flight.endpoint, f"HTTP {err.status}: key rejected"):
-                log.error("endpoint %s: key rejected (HTTP %s); disabled for this run", flight.endpoint, err.status)
-            delay = 0.0
-        elif isinstance(err, ConnectError):
-            self.keypool.failed(flight.endpoint, flight.reserved, transient=True)
-            delay = retry.backoff(self.policy, min(item.attempts, 6))
-        else:
-            transient = retry.classify(err) is retry.Action.RETRY
-            if transient:
-                self.keypool.failed(flight.endpoint, flight.reserved, transient=True)
-            else:
-                self.keypool.release(flight.endpoint, ok=False, reserved_tokens=flight.reserved)
-            item.retries += 1
-            if transient and item.retries <= self.policy.max_retries:
-                delay = retry.backoff(self.policy, item.retries, getattr(err, "retry_after", None))
+        facts = self.health.failed(flight.endpoint, (item.row.key, item.job), item.marks, type(err).__name__)
+        decision = retry.decide(err, retry.Attempt(item.attempts, item.retries, facts.row_fault,
+                                                   facts.others_failing), self.policy)
+        self._end_call(flight, err, decision)
+        item.retries += decision.charged
         item.history.append({"attempt": item.attempts, "endpoint": flight.endpoint, "status": getattr(err, "status", None),
                              "error": type(err).__name__, "message": str(err)[:300],
-                             "retry_in_s": None if delay is None else round(delay, 3)})
-        if delay is None:
+                             "retry_in_s": None if decision.delay is None else round(decision.delay, 3)})
+        if decision.action is retry.Action.FAIL_ROW:
             self._give_up(item, err)
         else:
-            self._schedule(item, delay)
+            self._schedule(item, decision.delay)
+
+    def _end_call(self, flight: Flight, err, decision: retry.Decision) -> None:
+        """Tell the key pool how the call ended, as the decision's verdict says."""
+        verdict, name = decision.verdict, flight.endpoint
+        if verdict is retry.Verdict.RATE_LIMITED:
+            self.keypool.rate_limited(name, err.retry_after, flight.reserved)
+        elif verdict is retry.Verdict.ANSWERED:
+            self.keypool.release(name, ok=False, reserved_tokens=flight.reserved)
+        else:
+            self.keypool.failed(name, flight.reserved, transient=verdict is retry.Verdict.DOWN)
+        if decision.action is retry.Action.DISABLE_KEY and self.keypool.disable(name, f"HTTP {err.status}: key rejected"):
+            log.error("endpoint %s: key rejected (HTTP %s) for several rows; disabled for this run", name, err.status)
 
     def _observe(self, flight: Flight, latency: float | None, status: int | None, error: str | None = None,
                  completion=None) -> None:
@@ -407,21 +407,12 @@ class Runner:
             self._ready.append(heapq.heappop(self._timers)[2])
 
     def _lost(self, tid: int) -> None:
-        """A worker died holding this task: count it as a failed attempt and retry."""
+        """A worker died holding this task: a failed attempt like any other."""
         flight = self._flights.pop(tid, None)
         if flight is None:
             return
-        item = flight.item
-        item.attempts += 1
-        item.retries += 1
-        self._observe(flight, None, None, "WorkerDied")
-        self.keypool.failed(flight.endpoint, flight.reserved, transient=False)
-        item.history.append({"attempt": item.attempts, "endpoint": flight.endpoint, "status": None,
-                             "error": "WorkerDied", "message": "the worker process died during the call"})
-        if item.retries <= self.policy.max_retries:
-            self._schedule(item, 0.0)
-        else:
-            self._give_up(item, RuntimeError("worker process died on every attempt"))
+        flight.item.attempts += 1
+        self._failed(flight, WorkerLostError("the worker process died during the call"))
 
     def _give_up(self, item: Item, err) -> None:
         job = self.jobs[item.job]
