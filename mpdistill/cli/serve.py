@@ -1,18 +1,15 @@
 """`mpdistill serve`: flags → ServeSettings → the server. No logic lives here."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from ..errors import ConfigError
+from .main import EXIT_USAGE, _Parser
 
-EXIT_USAGE = 2
 
-
-def serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpdistill serve", description="Live dashboard, HTTP job API and "
-                                "/metrics for mpdistill runs.")
+def serve_parser() -> _Parser:
+    p = _Parser(prog="mpdistill serve", description="Live dashboard, HTTP job API and /metrics for mpdistill runs.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
                    "any other needs a token)")
     p.add_argument("--port", type=int, default=8780, help="port (default 8780)")
