@@ -27,7 +27,13 @@ COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-se
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with our usage code, 2, and one clear line."""
+    """argparse that exits with our usage code, 2, and one clear line, and never guesses a flag.
+
+    Abbreviations are off: `--mode threading` must be an unknown flag, not `--model threading`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -113,7 +119,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     out = p.add_argument_group("display")
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    out.add_argument("-v", "--verbose", action="store_true")
+    out.add_argument("--verbose", action="store_true", help="verbose log on stderr")
+    out.add_argument("-v", action=_RefusedShortFlag, hint="use --verbose (more log) or --validate "
+                     "(check the output; what -v meant in the older tool)")
+    out.add_argument("-s", action=_RefusedShortFlag, hint="use --status (what -s meant in the older tool)")
     obs = p.add_argument_group("metrics, traces, hooks")
     obs.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics of this run on this port")
     obs.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
@@ -125,6 +134,18 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     obs.add_argument("--on-finish", metavar="CMD",
                      help="shell command run when the run ends (env MPDISTILL_OUTPUT, _ERRORS, _SUMMARY)")
     return p
+
+
+class _RefusedShortFlag(argparse.Action):
+    """A short flag the older tool gave another meaning: refused with a hint, so it never starts a run."""
+
+    def __init__(self, option_strings, dest, hint: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                         **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not a flag of mpdistill: {self.hint}")
 
 
 _NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", "emit_retry", "stop", "now",
@@ -269,7 +290,8 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     if (summary.get("on_finish") or {}).get("returncode"):
         say(f"mpdistill: --on-finish failed with exit code {summary['on_finish']['returncode']} (output intact)")
         return EXIT_ON_FINISH_FAILED
-    return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
+    incomplete = summary.get("failed") or summary.get("failed_total") or summary.get("missing")
+    return EXIT_FAILED_ROWS if incomplete else EXIT_OK
 
 
 def _env_secrets() -> list[str]:

@@ -264,7 +264,7 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 # ----------------------------------------------------------------------------- command
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mpdistill mock-server",
+    parser = argparse.ArgumentParser(prog="mpdistill mock-server", allow_abbrev=False,
                                      description="OpenAI-compatible mock endpoint for demos and tests.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port")
