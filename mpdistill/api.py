@@ -175,7 +175,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
-    After the run (its lock released), `cfg.on_finish` runs with the output paths in its environment.
+    After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
     """
     summary = _run(cfg, rows, jobs, job_endpoints, announce or log.info, progress)
     if cfg.on_finish and summary is not None:
