@@ -271,10 +271,14 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
 
 
 def _summary_path(specs: list[JobSpec]) -> Path:
-    """Beside the output; for several models, in the folder their outputs share."""
-    if len(specs) == 1:
-        return sibling(specs[0].output, ".summary.json")
-    common = Path(os.path.commonpath([str(s.output.resolve().parent) for s in specs]))
+    return summary_path([s.output for s in specs])
+
+
+def summary_path(outputs: list[Path]) -> Path:
+    """Where a run's summary goes: beside the output; for several models, in the folder their outputs share."""
+    if len(outputs) == 1:
+        return sibling(Path(outputs[0]), ".summary.json")
+    common = Path(os.path.commonpath([str(Path(o).resolve().parent) for o in outputs]))
     return common / "summary.json"
 
 
