@@ -21,7 +21,7 @@ async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     """`worker.execute` for an AsyncOpenAI client: never raises for a call or row problem."""
     start = time.monotonic()
     try:
-        request = prepare(task.request, spec)
+        request = prepare(task.request, spec, deadline=start + spec.timeout)
         completion = await client.acomplete(api, request)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
