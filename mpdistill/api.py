@@ -203,6 +203,7 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
         if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
+                          max_response_bytes=cfg.max_response_bytes,
                           image_max_side=cfg.image_max_side, base_dir=base_dir)
         keypool = KeyPool(list(cfg.endpoints))
         observer = open_observers(cfg, stack)

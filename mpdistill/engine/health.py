@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable
 
+from ..errors import CallTimeoutError, ConnectError
+
 
 @dataclass
 class _Endpoint:
     ok: int = 0                  # calls that succeeded so far
     last_ok: bool = True         # the latest call to end succeeded (or none has ended yet)
     failing: dict = field(default_factory=dict)   # error class name -> rows failing since the last ok
+    fault: Exception | None = None                # the last fault judged the endpoint's own
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Health:
         ep.ok += 1
         ep.last_ok = True
         ep.failing.clear()
+        ep.fault = None
 
     def failed(self, endpoint: str, row: Hashable, marks: dict, kind: str) -> Facts:
         """Record that `row` failed on `endpoint` with an error of class `kind`; the facts before it.
@@ -57,8 +61,27 @@ class Health:
         ep.last_ok = False
         return Facts(row_fault=row_fault, others_failing=others_failing)
 
+    def down(self, endpoint: str, err: Exception) -> None:
+        """Remember the fault that `retry.decide` judged the endpoint's (for `symptom`)."""
+        self._get(endpoint).fault = err
+
+    def symptom(self) -> str:
+        """How the failing endpoints fail, in words, for the outage messages: "unreachable",
+        "not answering within --timeout", "answering HTTP 503", or several of them."""
+        words = sorted({_symptom(ep.fault) for ep in self._endpoints.values() if ep.fault is not None})
+        return " or ".join(words) or "failing"
+
     def _get(self, endpoint: str) -> _Endpoint:
         ep = self._endpoints.get(endpoint)
         if ep is None:
             ep = self._endpoints[endpoint] = _Endpoint()
         return ep
+
+
+def _symptom(err: Exception) -> str:
+    if isinstance(err, ConnectError):
+        return "unreachable"
+    if isinstance(err, CallTimeoutError):
+        return "not answering within --timeout"
+    status = getattr(err, "status", None)
+    return f"answering HTTP {status}" if status else f"failing ({type(err).__name__})"
