@@ -73,6 +73,17 @@ class RunConfig:
     trace_content: bool = False      # put prompt and answer text into the spans
     endpoint_logs: bool = True       # logs/<run>/<endpoint>.log: one line per request
     on_finish: str | None = None     # shell command run when the run ends
+    via: str = "online"          # online (the worker pool) | batch (the provider's Batch API)
+    batch_max_requests: int = 50_000            # requests per batch input file
+    batch_max_bytes: int = 200 * 1024 * 1024    # bytes per batch input file
+    batch_max_in_flight: int = 10    # open batches per endpoint (endpoints YAML: batch_max_in_flight)
+    batch_max_tokens: int | None = None   # enqueued tokens per endpoint (endpoints YAML: batch_max_tokens)
+    batch_poll: float = 30.0         # seconds between polls of one batch
+    batch_price: float = 0.5         # batch price as a share of the model's price, for the summary's cost
+    cancel_batches: bool = False     # cancel the open batches, collect what they answered, submit nothing
+    cache: str | None = None         # response cache (SQLite file); None: off
+    cache_only: bool = False         # answer from the cache only; misses fail
+    cache_sampled: bool = False      # cache requests with temperature > 0 too
 
     @property
     def name(self) -> str:
@@ -219,6 +230,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"response_format must be text or json (got {cfg.response_format!r})")
     if cfg.iterations < 0 or cfg.delay < 0:
         raise ConfigError("iterations and delay must be >= 0")
+    _check_batch(cfg)
+    if (cfg.cache_only or cfg.cache_sampled) and cfg.cache is None:
+        raise ConfigError("--cache-only and --cache-sampled need --cache")
     if cfg.max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0 (got {cfg.max_retries})")
     if cfg.trace not in (None, "otlp"):
@@ -226,6 +240,26 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
         raise ConfigError(f"metrics_port must be a port number 0-65535 (got {cfg.metrics_port})")
     return cfg
+
+
+def _check_batch(cfg: RunConfig) -> None:
+    if cfg.via not in ("online", "batch"):
+        raise ConfigError(f"via must be online or batch (got {cfg.via!r})")
+    if cfg.cancel_batches and cfg.via != "batch":
+        raise ConfigError("--cancel-batches needs --via batch")
+    if cfg.via != "batch":
+        return
+    if cfg.follow or cfg.iterations != 1:
+        raise ConfigError("--via batch runs the input once: it cannot be combined with --follow or --iterations")
+    if cfg.output_format != "mpdistill":
+        raise ConfigError("--via batch writes mpdistill output lines; leave out --output-format")
+    for key in ("batch_max_requests", "batch_max_bytes", "batch_max_in_flight", "batch_poll"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0 (got {getattr(cfg, key)})")
+    if cfg.batch_max_tokens is not None and cfg.batch_max_tokens <= 0:
+        raise ConfigError(f"batch_max_tokens must be > 0 (got {cfg.batch_max_tokens})")
+    if not 0 <= cfg.batch_price:
+        raise ConfigError(f"batch_price must be >= 0 (got {cfg.batch_price})")
 
 
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
