@@ -41,6 +41,7 @@ class RunConfig:
     retry_max: float = 60.0
     processes: int = 64
     concurrency: int = 1
+    mode: str = "process"            # process | thread | async: how workers make their calls
     limit: int | None = None
     image_max_side: int | None = None
     image_roots: tuple[str, ...] = ()     # folders local images may come from, besides the input's
@@ -120,7 +121,7 @@ def sibling(output: Path, suffix: str) -> Path:
 
 # config.py constant → RunConfig field. Only these names may appear in a config.py.
 CONFIG_PY_NAMES = {
-    "PROCESSES": "processes", "CONCURRENCY": "concurrency",
+    "PROCESSES": "processes", "CONCURRENCY": "concurrency", "MODE": "mode",
     "CHECKPOINT_SAVE_INTERVAL": "checkpoint_interval", "CHECKPOINT_DIR": "checkpoint_dir",
     "LOG_DIR": "log_dir", "INPUT_FILE": "input", "OUTPUT_FILE": "output", "MODEL": "model",
     "BASE_URL": "base_url", "SYSTEM_PROMPT": "system", "MAX_TOKENS": "max_tokens",
@@ -133,7 +134,7 @@ CONFIG_PY_NAMES = {
 # environment variable → RunConfig field
 ENV_NAMES = {
     "OPENAI_API_KEY": "api_key", "OPENAI_BASE_URL": "base_url", "MPDISTILL_MODEL": "model",
-    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_ENDPOINTS": "endpoints_file",
+    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_MODE": "mode", "MPDISTILL_ENDPOINTS": "endpoints_file",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -237,6 +238,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.mode not in ("process", "thread", "async"):
+        raise ConfigError(f"mode must be process, thread or async (got {cfg.mode!r})")
     if cfg.output_format not in ("mpdistill", "openai-batch"):
         raise ConfigError(f"output_format must be mpdistill or openai-batch (got {cfg.output_format!r})")
     if cfg.response_format not in ("text", "json"):

@@ -90,6 +90,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run = p.add_argument_group("running")
     run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
+    run.add_argument("--mode", choices=("process", "thread", "async"),
+                     help="how workers make calls: process (default; -p processes × -c threads), thread "
+                          "(one process, -c threads), async (-p processes, each an event loop with -c calls)")
     run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
