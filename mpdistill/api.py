@@ -175,7 +175,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
-    After the run (its lock released), `cfg.on_finish` runs with the output paths in its environment.
+    After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
     """
     summary = _run(cfg, rows, jobs, job_endpoints, announce or log.info, progress)
     if cfg.on_finish and summary is not None:
@@ -186,7 +186,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
     with ExitStack() as stack:
         cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
-        register_secrets(e.api_key for e in cfg.endpoints)
+        register_secrets(s for e in cfg.endpoints for s in e.secrets)
         if rows is None:
             cfg = _with_input(cfg, announce)
         source, total, input_path, base_dir = _open_source(cfg, rows)
@@ -203,8 +203,9 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
         if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
-                          max_response_bytes=cfg.max_response_bytes,
-                          image_max_side=cfg.image_max_side, base_dir=base_dir)
+                          image_max_side=cfg.image_max_side, base_dir=base_dir,
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode,
+                          max_response_bytes=cfg.max_response_bytes)
         keypool = KeyPool(list(cfg.endpoints))
         observer = open_observers(cfg, stack)
         cache = _open_cache(cfg, base_dir, stack)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import MpdistillError
 from ..outputs import records
-from ..provider.client import parse_response
+from ..provider.answer import parse_response
 from ..state.cache import CacheMissError, ResponseCache
 from .request import build_request
 

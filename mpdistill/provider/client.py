@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+import httpx2
 import openai
 
 from .answer import Completion, finish
@@ -30,24 +31,35 @@ _MAX_DETAIL = 500
 _CREATE_OPTIONS = {"extra_body": "extra_json", "extra_headers": "headers", "extra_query": "params",
                    "timeout": "timeout"}
 _RAW_RESPONSE = openai.APIResponse[object]   # `post` returns the response unparsed: we read the JSON
+_RAW_ASYNC_RESPONSE = openai.AsyncAPIResponse[object]
 
 
-def make_client(endpoint: Endpoint, timeout: float,
+def make_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
                 max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES) -> openai.OpenAI:
-    """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself."""
-    transport = GuardedTransport(max_response_bytes, limits=openai.DEFAULT_CONNECTION_LIMITS)
+    """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself.
+
+    `connections` (the requests one process keeps in flight) sizes its connection pool, so that
+    every in-flight request keeps its connection alive instead of reconnecting.
+    """
+    transport = GuardedTransport(max_response_bytes, limits=_limits(connections))
     return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
                          timeout=timeout, max_retries=0,
                          http_client=openai.DefaultHttpxClient(transport=transport, timeout=timeout))
 
 
-def make_async_client(endpoint: Endpoint, timeout: float,
+def make_async_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
                       max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES) -> openai.AsyncOpenAI:
-    """The AsyncOpenAI twin of `make_client` (the same size cap and redirect rule)."""
-    transport = AsyncGuardedTransport(max_response_bytes, limits=openai.DEFAULT_CONNECTION_LIMITS)
+    """The asyncio twin of `make_client` (made inside the event loop that will use it)."""
+    transport = AsyncGuardedTransport(max_response_bytes, limits=_limits(connections))
     return openai.AsyncOpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
                               timeout=timeout, max_retries=0,
                               http_client=openai.DefaultAsyncHttpxClient(transport=transport, timeout=timeout))
+
+
+def _limits(connections: int | None) -> httpx2.Limits:
+    if not connections:
+        return openai.DEFAULT_CONNECTION_LIMITS
+    return httpx2.Limits(max_connections=max(connections, 10), max_keepalive_connections=max(connections, 10))
 
 
 class _NoNetwork:
@@ -89,7 +101,7 @@ async def acomplete(client: openai.AsyncOpenAI, request: dict, timeout: float | 
     """`complete` for AsyncOpenAI: the same request, deadline, answer and errors."""
     try:
         async with asyncio.timeout(timeout):
-            raw = await apost_chat(client, request)
+            raw = await post_chat(client, request)
     except TimeoutError as err:
         raise CallTimeoutError(f"no complete answer within the {timeout:g} s deadline (--timeout)") from err
     except openai.APIError as err:
@@ -102,8 +114,9 @@ def _finish(raw, request: dict) -> Completion:
     return finish(http.status_code, http.content, interesting_headers(http.headers), request)
 
 
-def post_chat(client: openai.OpenAI, request: dict):
-    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response.
+def post_chat(client: openai.OpenAI | openai.AsyncOpenAI, request: dict):
+    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response
+    (a coroutine of it with an AsyncOpenAI client).
 
     The same client, auth, headers, timeout and status-to-exception mapping as
     `chat.completions.create`, without create's walk of every param against its typed-dict
@@ -111,19 +124,10 @@ def post_chat(client: openai.OpenAI, request: dict):
     of the call. create's own keyword arguments (extra_body, extra_headers, extra_query, timeout)
     mean here what they mean there.
     """
-    return client.post("/chat/completions", **_post_args(request))
-
-
-async def apost_chat(client: openai.AsyncOpenAI, request: dict):
-    """`post_chat` for AsyncOpenAI."""
-    return await client.post("/chat/completions", **_post_args(request))
-
-
-def _post_args(request: dict) -> dict:
-    """`post`'s body and options for the chat.completions kwargs in `request`."""
     body = {k: v for k, v in request.items() if k not in _CREATE_OPTIONS}
     options = {name: request[key] for key, name in _CREATE_OPTIONS.items() if request.get(key) is not None}
-    return {"body": body, "options": options, "cast_to": _RAW_RESPONSE}
+    raw = _RAW_ASYNC_RESPONSE if isinstance(client, openai.AsyncOpenAI) else _RAW_RESPONSE
+    return client.post("/chat/completions", body=body, options=options, cast_to=raw)
 
 
 def call_error(err: openai.APIError, api_key: object, timeout: float | None = None) -> MpdistillError:

@@ -71,7 +71,7 @@ def serve():
 
 
 def _client(url: str, timeout: float = 5.0, cap: int | None = 1 << 20):
-    return make_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, cap)
+    return make_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, max_response_bytes=cap)
 
 
 def _head(status: str = "200 OK", length: int | None = None, extra: str = "") -> bytes:
