@@ -106,7 +106,8 @@ def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
     if not raw.strip():
         return Blank(key, end_offset)
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        # A BOM (Windows editors write one) may open the file; anywhere else it is the row's problem.
+        obj = json.loads(raw.decode("utf-8-sig" if key == 1 else "utf-8"))
     except UnicodeDecodeError as err:
         return BadRow(key, None, f"line {key} is not valid UTF-8 ({err.reason} at byte {err.start})", end_offset)
     except json.JSONDecodeError as err:
