@@ -29,6 +29,7 @@ from .inputs.jsonl import JsonlSource, python_rows
 from .report.hooks import on_finish, open_observers
 from .report.stats import format_summary
 from .report.status import status_path
+from .state.stopfile import wait_between_rounds
 from .engine.worker import WorkerSpec
 from .engine.writer import Writer
 
@@ -272,8 +273,10 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             return
         number += 1
         if cfg.delay:
-            announce(f"Next round in {cfg.delay:g} s (Ctrl-C to stop; the checkpoint is saved)")
-            time.sleep(cfg.delay)
+            announce(f"Next round in {cfg.delay:g} s (--stop or Ctrl-C to stop; the checkpoint is saved)")
+        if not wait_between_rounds(status_path(cfg.checkpoint_dir, safe_name(cfg.name)), cfg.delay):
+            announce(f"Stopped between rounds (--stop); round {number} starts when the same command is rerun")
+            return
 
 
 def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
