@@ -66,6 +66,7 @@ class RunConfig:
     follow: bool = False             # keep waiting for new rows / files until stopped
     iterations: int = 1          # rounds over the same input; 0 = until stopped
     delay: float = 0.0           # seconds between rounds
+    input_range: tuple[int, int, int] | None = None   # one shard's lines: (begin byte, end byte, first line)
 
     @property
     def name(self) -> str:
@@ -190,7 +191,7 @@ def check_values(values: Mapping[str, Any], where: str) -> dict:
     for key, value in values.items():
         if key not in _FIELDS:
             raise ConfigError(f"{where}: unknown setting {key!r}")
-        out[key] = coerce(key, value, where) if key not in ("params", "endpoints") else value
+        out[key] = coerce(key, value, where) if key not in ("params", "endpoints", "input_range") else value
     return out
 
 
@@ -214,6 +215,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("iterations and delay must be >= 0")
     if cfg.max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0 (got {cfg.max_retries})")
+    if cfg.input_range is not None and (cfg.follow or cfg.iterations != 1):
+        raise ConfigError("a shard of a cluster job reads a fixed byte range: no --follow or --iterations")
     return cfg
 
 
