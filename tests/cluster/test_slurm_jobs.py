@@ -1,0 +1,68 @@
+"""Cluster jobs on a real single-node Slurm: array job, SIGKILLed shard, and a requeued (preempted) shard."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from tests.conftest import wait_for
+from .conftest import cli, cluster_env, expected_ids, merged_ids, submit_args
+
+
+def _env(slurm) -> dict:
+    return cluster_env(SLURM_CONF=str(slurm.conf))
+
+
+def _pid_when_busy(outdir, index: int, proc=None, rows: int = 100) -> int:
+    """The pid of shard `index`'s manager once it has written `rows` rows."""
+    status = outdir / "shards" / f"{index:05d}" / "shard_status.json"
+    part = outdir / "shards" / f"{index:05d}" / "results.jsonl"
+    assert wait_for(lambda: part.exists() and part.read_bytes().count(b"\n") >= rows and status.exists(), 180, proc)
+    return json.loads(status.read_text())["pid"]
+
+
+def test_slurm_array_job_merges_every_id_once(tmp_path, job_input, fast_server, slurm):
+    """A 2,000-row job as a 4-task sbatch array merges into every id exactly once."""
+    outdir = tmp_path / "job"
+    done = subprocess.run(submit_args(job_input, outdir, fast_server.url, 4, "slurm", "--wait"),
+                          capture_output=True, text=True, env=_env(slurm), timeout=300)
+    assert done.returncode == 0, done.stderr
+    script = (outdir / "slurm" / "submit.sbatch").read_text()
+    assert "#SBATCH --array=0-3" in script and "#SBATCH --requeue" in script
+    assert merged_ids(outdir) == expected_ids()
+
+
+def test_slurm_killed_shard_then_resubmit_is_exactly_once(tmp_path, job_input, fast_server, slurm):
+    """A shard SIGKILLed mid-run leaves the job unfinished (75); a resubmission runs only it, exactly once."""
+    outdir = tmp_path / "job"
+    args = submit_args(job_input, outdir, fast_server.url, 4, "slurm", "--wait")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(slurm))
+    os.kill(_pid_when_busy(outdir, 1, proc), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    again = subprocess.run(args, capture_output=True, text=True, env=_env(slurm), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "#SBATCH --array=1\n" in (outdir / "slurm" / "submit.sbatch").read_text()
+    assert merged_ids(outdir) == expected_ids()
+
+
+def test_requeued_slurm_shard_resumes_exactly(tmp_path, job_input, fast_server, slurm):
+    """`scontrol requeue` of a running task (preemption) stops it with a checkpoint; Slurm reruns it, exactly once."""
+    outdir = tmp_path / "job"
+    args = submit_args(job_input, outdir, fast_server.url, 2, "slurm", "--wait")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(slurm))
+    first_pid = _pid_when_busy(outdir, 0, proc)
+    job_id = json.loads((outdir / "submit.json").read_text())["slurm_job_id"] if (outdir / "submit.json").exists() \
+        else None
+    assert wait_for(lambda: (outdir / "submit.json").exists(), 30)
+    job_id = json.loads((outdir / "submit.json").read_text())["slurm_job_id"]
+    requeue = subprocess.run(["scontrol", "requeue", f"{job_id}_0"], capture_output=True, text=True, env=_env(slurm))
+    assert requeue.returncode == 0, requeue.stderr
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    log = (outdir / "shards" / "00000" / "stdout.log")
+    status = json.loads((outdir / "shards" / "00000" / "shard_status.json").read_text())
+    assert status["pid"] != first_pid    # a second start of the task finished the shard
+    assert merged_ids(outdir) == expected_ids()
+    assert not log.exists() or "Traceback" not in log.read_text()
