@@ -26,6 +26,7 @@ from .logs import register_secrets
 from .state.resume import ResumeInfo, config_fingerprint, prepare
 from .engine.runner import Job, Runner
 from .inputs.jsonl import JsonlSource, LineRange, python_rows
+from .report.hooks import on_finish, open_observers
 from .report.stats import format_summary
 from .report.status import status_path
 from .engine.worker import WorkerSpec
@@ -175,10 +176,17 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
+    After the run (its lock released), `cfg.on_finish` runs with the output paths in its environment.
     `keypool_factory` replaces the run's own KeyPool with one that has its interface (a cluster
     shard's pool that leases its budget from a service shared by every shard).
     """
-    announce = announce or log.info
+    summary = _run(cfg, rows, jobs, job_endpoints, announce or log.info, progress, keypool_factory)
+    if cfg.on_finish and summary is not None:
+        summary = on_finish(cfg.on_finish, summary)
+    return summary
+
+
+def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_factory=None) -> dict:
     with ExitStack() as stack:
         cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
         register_secrets(e.api_key for e in cfg.endpoints)
@@ -200,8 +208,9 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                           image_max_side=cfg.image_max_side, base_dir=base_dir)
         keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
+        observer = open_observers(cfg, stack)
         summary = None
-        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce):
+        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce, observer):
             bar = _ProgressBar(total * len(job_list) if total is not None else None,
                                sum(j.checkpoint.processed_count for j in job_list),
                                cfg.progress if progress is None else progress)
@@ -217,7 +226,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         return summary
 
 
-def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce):
+def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce, observer=None):
     """One Runner per round over the input: once, or --iterations times with --delay between."""
     rounds = cfg.iterations != 1
     number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if rounds else None
@@ -234,7 +243,8 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
         yield Runner(cfg, jobs, row_iter, keypool, spec, total=total, source=source,
                      status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
-                     elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last)
+                     elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last,
+                     observer=observer)
         if last:
             return
         number += 1
@@ -252,6 +262,7 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
     if runner.iteration is not None:
         summary["iteration"] = runner.iteration
     summary_path = _summary_path(specs)
+    summary["run"], summary["summary"] = runner.cfg.name, str(summary_path)
     _write_summary(summary_path, summary)
     announce(format_summary(summary))
     if len(specs) > 1:
