@@ -15,19 +15,8 @@ def _args(job_input, outdir, url, ray_cluster, *extra):
                        "--rpm", "60000", "--wait", *extra)
 
 
-def test_ray_job_merges_every_id_once_with_a_shared_budget(tmp_path, job_input, fast_server, ray_cluster):
-    """A 2,000-row job as 4 Ray tasks merges into every id once; the shards leased from one budget actor."""
-    outdir = tmp_path / "job"
-    done = subprocess.run(_args(job_input, outdir, fast_server.url, ray_cluster), capture_output=True, text=True,
-                          env=cluster_env(), timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert merged_ids(outdir) == expected_ids()
-    summary = json.loads((outdir / "shards" / "00003" / "results.summary.json").read_text())
-    assert summary["endpoints"][0].get("shared") is True
-
-
 def test_ray_killed_shard_then_resubmit_is_exactly_once(tmp_path, job_input, fast_server, ray_cluster):
-    """A Ray shard SIGKILLed mid-run leaves the job unfinished (75); resubmitting finishes it exactly once."""
+    """4 Ray tasks sharing a budget actor, one SIGKILLed mid-run: exit 75; the resubmitted job gives every id once."""
     outdir = tmp_path / "job"
     args = _args(job_input, outdir, fast_server.url, ray_cluster)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env())
@@ -40,3 +29,5 @@ def test_ray_killed_shard_then_resubmit_is_exactly_once(tmp_path, job_input, fas
     again = subprocess.run(args, capture_output=True, text=True, env=cluster_env(), timeout=300)
     assert again.returncode == 0, again.stderr
     assert merged_ids(outdir) == expected_ids()
+    summary = json.loads((outdir / "shards" / "00001" / "results.summary.json").read_text())
+    assert summary["endpoints"][0].get("shared") is True   # its calls were leased from the budget actor
