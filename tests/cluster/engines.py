@@ -126,6 +126,8 @@ class Ray:
         self.root, self.cpus = root, cpus
         self.address: str | None = None
         self.proc: subprocess.Popen | None = None
+        # No idle Python workers started ahead: on a small machine they cost more than they save.
+        self.env = {**os.environ, "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
 
     def start(self) -> "Ray":
         port = _free_port()
@@ -136,13 +138,12 @@ class Ray:
                                       "--include-dashboard=false", "--disable-usage-stats",
                                       f"--temp-dir={self.root}"],
                                      stdout=open(self.root / "ray.out", "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=self.env)
         self.address = f"127.0.0.1:{port}"
-        import ray
         deadline = time.time() + 120
         while time.time() < deadline:
             probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{self.address}'); "
-                                    "ray.shutdown()"], capture_output=True)
+                                    "ray.shutdown()"], capture_output=True, env=self.env)
             if probe.returncode == 0:
                 return self
             if self.proc.poll() is not None:
@@ -154,9 +155,14 @@ class Ray:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)   # its own session: every Ray process it started
             try:
-                self.proc.wait(30)
+                self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                pass
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)   # what SIGTERM left of the session
+            except ProcessLookupError:
+                pass
 
 
 def _kill(pid: int) -> None:
