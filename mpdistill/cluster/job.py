@@ -106,7 +106,7 @@ class Job:
 
     def fingerprint(self) -> str:
         """What makes two submissions the same job: config, shards and input size."""
-        data = {"config": dict(self.config), "ranges": [[r.begin, r.end, r.first_line, n] for r, n in self.ranges],
+        data = {"config": _settings(self.config), "ranges": [[r.begin, r.end, r.first_line, n] for r, n in self.ranges],
                 "input": str(self.input), "size": self.input_fingerprint.get("size")}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -129,13 +129,21 @@ def job_values(cfg: RunConfig) -> dict:
         if f.name in _PER_SHARD + _NOT_FOR_JOBS + _SECRET + _DROPPED + ("input",):
             continue
         value = getattr(cfg, f.name)
-        if value != f.default and not (f.name == "params" and not value):
+        if value is not None:   # every setting, defaults too: a shard's environment must not change the job
             values[f.name] = dict(value) if f.name == "params" else value
     if values.get("endpoints_file"):
         values["endpoints_file"] = str(Path(values["endpoints_file"]).resolve())
     if values.get("base_url") and _has_credentials(values["base_url"]):
         del values["base_url"]   # a URL with user:password@ comes from OPENAI_BASE_URL at each shard
     return values
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+
+
+def _settings(config: Mapping[str, Any]) -> dict:
+    """The values that differ from the defaults: what identifies a job across mpdistill versions."""
+    return {k: v for k, v in config.items() if k not in _DEFAULTS or _DEFAULTS[k] != v and v != {}}
 
 
 def _has_credentials(url: str) -> bool:
@@ -167,7 +175,8 @@ def create_job(cfg: RunConfig, outdir: str | os.PathLike, shards: int) -> tuple[
 
 def _check_same(old: Job, new: Job) -> None:
     if old.fingerprint() != new.fingerprint():
-        changed = [k for k in sorted(set(old.config) | set(new.config)) if old.config.get(k) != new.config.get(k)]
+        before, after = _settings(old.config), _settings(new.config)
+        changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
         what = ", ".join(changed) or ("shards" if old.shards != new.shards else "input")
         raise ConfigError(f"{old.dir} holds another job (differs in: {what}); use another -o folder, "
                           "or the same settings to resume it")

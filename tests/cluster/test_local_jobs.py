@@ -6,8 +6,12 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from tests.conftest import wait_for
 from .conftest import cli, cluster_env, expected_ids, merged_ids, submit_args
+
+pytestmark = pytest.mark.timeout(400)
 
 
 def test_local_job_merges_every_id_once_in_input_order(tmp_path, job_input, fast_server):

@@ -6,8 +6,12 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from tests.conftest import wait_for
 from .conftest import cluster_env, expected_ids, merged_ids, submit_args
+
+pytestmark = pytest.mark.timeout(400)
 
 
 def _args(job_input, outdir, url, ray_cluster, *extra):

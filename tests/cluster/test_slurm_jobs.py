@@ -6,8 +6,13 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from tests.conftest import wait_for
 from .conftest import cli, cluster_env, expected_ids, merged_ids, submit_args
+
+
+pytestmark = pytest.mark.timeout(400)
 
 
 def _env(slurm) -> dict:
@@ -20,6 +25,11 @@ def _pid_when_busy(outdir, index: int, proc=None, rows: int = 100) -> int:
     part = outdir / "shards" / f"{index:05d}" / "results.jsonl"
     assert wait_for(lambda: part.exists() and part.read_bytes().count(b"\n") >= rows and status.exists(), 180, proc)
     return json.loads(status.read_text())["pid"]
+
+
+def _state(slurm, task: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", task, "-o", "%T"], capture_output=True, text=True, env=_env(slurm))
+    return out.stdout.strip()
 
 
 def test_slurm_killed_shard_then_resubmit_is_exactly_once(tmp_path, job_input, fast_server, slurm):
@@ -45,8 +55,12 @@ def test_requeued_slurm_shard_resumes_exactly(tmp_path, job_input, fast_server, 
     first_pid = _pid_when_busy(outdir, 0, proc)
     assert wait_for(lambda: (outdir / "submit.json").exists(), 30)
     job_id = json.loads((outdir / "submit.json").read_text())["slurm_job_id"]
-    requeue = subprocess.run(["scontrol", "requeue", f"{job_id}_0"], capture_output=True, text=True, env=_env(slurm))
+    task = f"{job_id}_0"
+    requeue = subprocess.run(["scontrol", "requeue", task], capture_output=True, text=True, env=_env(slurm))
     assert requeue.returncode == 0, requeue.stderr
+    # A requeued task waits out Slurm's begin-time delay (minutes); let it start again at once.
+    assert wait_for(lambda: _state(slurm, task) == "PENDING", 60)
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True, env=_env(slurm))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     log = (outdir / "shards" / "00000" / "stdout.log")
