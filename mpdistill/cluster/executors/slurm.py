@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import subprocess
+import time
 
 from ...errors import ConfigError
 from .base import Executor
@@ -18,6 +19,7 @@ from .base import Executor
 log = logging.getLogger(__name__)
 
 SIGNAL_BEFORE_END_S = 120
+SQUEUE_PATIENCE_S = 120.0
 
 
 class SlurmExecutor(Executor):
@@ -53,12 +55,18 @@ class SlurmExecutor(Executor):
         return {"slurm_job_id": job_id, "script": str(path)}
 
     def alive(self, record: dict) -> bool:
-        """True while squeue still lists a task of the array (pending, running or requeued)."""
+        """True while squeue still lists a task of the array (pending, running or requeued).
+
+        If squeue keeps failing for SQUEUE_PATIENCE_S, waiting ends (the job folder tells the rest).
+        """
         try:
             out = _slurm(["squeue", "-h", "-j", record["slurm_job_id"], "-o", "%i %T"])
         except ConfigError as err:
+            now = time.monotonic()
+            self._failing_since = getattr(self, "_failing_since", None) or now
             log.warning("squeue failed (%s); going by the job folder only", err)
-            return True
+            return now - self._failing_since < SQUEUE_PATIENCE_S
+        self._failing_since = None
         return bool(out.strip())
 
 
