@@ -176,7 +176,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
-    After the run (its lock released), `cfg.on_finish` runs with the output paths in its environment.
+    After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
     `keypool_factory` replaces the run's own KeyPool with one that has its interface (a cluster
     shard's pool that leases its budget from a service shared by every shard).
     """
@@ -206,11 +206,13 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_
         if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
-                          image_max_side=cfg.image_max_side, base_dir=base_dir)
+                          image_max_side=cfg.image_max_side, base_dir=base_dir,
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes)
         keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
         observer = open_observers(cfg, stack)
+        cache = _open_cache(cfg, base_dir, stack)
         summary = None
-        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce, observer):
+        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce, observer, cache):
             bar = _ProgressBar(total * len(job_list) if total is not None else None,
                                sum(j.checkpoint.processed_count for j in job_list),
                                cfg.progress if progress is None else progress)
@@ -226,7 +228,31 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_
         return summary
 
 
-def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce, observer=None):
+def _open_cache(cfg: RunConfig, base_dir, stack: ExitStack):
+    """The response cache of the run (--cache), or None."""
+    if cfg.cache is None:
+        return None
+    from .engine.cached import RunCache
+    from .state.cache import ResponseCache, cache_path
+    cache = ResponseCache(cache_path(cfg.cache, cfg.checkpoint_dir), base_dir=base_dir,
+                          image_max_side=cfg.image_max_side, sampled=cfg.cache_sampled, only=cfg.cache_only)
+    run_cache = RunCache(cache.open(), cfg.explode_samples)
+    stack.callback(run_cache.close)
+    return run_cache
+
+
+def _runner_class(cfg: RunConfig, jobs: list[Job]):
+    """The online manager loop, or the Batch API one (--via batch)."""
+    if cfg.via != "batch":
+        return Runner
+    if len(jobs) != 1:
+        raise ConfigError("--via batch runs one model at a time; give each model its own run")
+    from .batch.runner import BatchRunner
+    return BatchRunner
+
+
+def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce, observer=None,
+            cache=None):
     """One Runner per round over the input: once, or --iterations times with --delay between."""
     rounds = cfg.iterations != 1
     number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if rounds else None
@@ -241,7 +267,7 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             row_iter = python_rows(rows, is_done)
         if rounds:
             announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
-        yield Runner(cfg, jobs, row_iter, keypool, spec, total=total, source=source,
+        yield _runner_class(cfg, jobs)(cfg, jobs, row_iter, keypool, spec, total=total, source=source, cache=cache,
                      status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
                      elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last,
                      observer=observer)
@@ -273,10 +299,14 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
 
 
 def _summary_path(specs: list[JobSpec]) -> Path:
-    """Beside the output; for several models, in the folder their outputs share."""
-    if len(specs) == 1:
-        return sibling(specs[0].output, ".summary.json")
-    common = Path(os.path.commonpath([str(s.output.resolve().parent) for s in specs]))
+    return summary_path([s.output for s in specs])
+
+
+def summary_path(outputs: list[Path]) -> Path:
+    """Where a run's summary goes: beside the output; for several models, in the folder their outputs share."""
+    if len(outputs) == 1:
+        return sibling(Path(outputs[0]), ".summary.json")
+    common = Path(os.path.commonpath([str(Path(o).resolve().parent) for o in outputs]))
     return common / "summary.json"
 
 

@@ -65,6 +65,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     io.add_argument("--template", help="with -i DIR: prompt template file with {content}, {id}, {n}")
     io.add_argument("--max-line-bytes", type=int, help="longer input lines are error rows (default 20 MiB)")
     io.add_argument("--image-max-side", type=int, help="downscale local images to at most N pixels a side")
+    io.add_argument("--image-root", dest="image_roots", action="append", metavar="DIR",
+                    help="local images may also come from DIR (repeatable; default: the input's folder only)")
+    io.add_argument("--max-image-bytes", type=int, help="larger local images are error rows (default 20 MB)")
     io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
     api = p.add_argument_group("model and API")
     api.add_argument("-m", "--model", help="model name (default gpt-4o-mini; mock-model with the mock)")
@@ -95,6 +98,21 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--delay", type=float, help="seconds between iterations")
     run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
     run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
+    bt = p.add_argument_group("Batch API and cache (see README: Batch API, Cache)")
+    bt.add_argument("--via", choices=("online", "batch"), help="batch: run through the provider's Batch API")
+    bt.add_argument("--batch-size", dest="batch_max_requests", type=int, help="requests per batch (default 50000)")
+    bt.add_argument("--batch-max-bytes", type=int, help="bytes per batch input file (default 200 MB)")
+    bt.add_argument("--batch-max-in-flight", type=int, help="open batches per endpoint (default 10)")
+    bt.add_argument("--batch-max-tokens", type=int, help="enqueued tokens per endpoint (default unlimited)")
+    bt.add_argument("--batch-poll", type=float, help="seconds between polls of a batch (default 30)")
+    bt.add_argument("--batch-price", type=float, help="batch price as a share of the model's (default 0.5)")
+    bt.add_argument("--cancel-batches", action="store_true", default=None,
+                    help="cancel the open batches, collect what they answered, submit nothing")
+    bt.add_argument("--cache", nargs="?", const="", metavar="PATH",
+                    help="response cache (SQLite; default PATH: CHECKPOINT_DIR/response_cache.sqlite)")
+    bt.add_argument("--cache-only", action="store_true", default=None, help="answer from the cache; misses fail")
+    bt.add_argument("--cache-sampled", action="store_true", default=None,
+                    help="cache requests with temperature > 0 too (off: a sample is not replayed)")
     ck = p.add_argument_group("checkpoints and resume")
     ck.add_argument("--checkpoint-interval", type=int, help="save every N durable rows (default 10)")
     ck.add_argument("--checkpoint-dir", help="default checkpoints/")

@@ -25,6 +25,7 @@ from ..state.resume import next_round
 from ..errors import CheckpointError, MpdistillError, RunAbortedError, WorkerLostError, from_info
 from .health import Health
 from .keypool import KeyPool
+from .request import build_request
 from .pool import WorkerPool
 from ..inputs.jsonl import BadRow, Blank, Idle, Row
 from ..report.observe import Observers, RequestEvent
@@ -84,7 +85,7 @@ class Runner:
                  spec: WorkerSpec, *, total: int | None = None, status_file: Path | None = None,
                  progress: Callable | None = None, elapsed_before: float = 0.0,
                  iteration: int | None = None, last_round: bool = True, source=None,
-                 observer: Observers | None = None) -> None:
+                 observer: Observers | None = None, cache=None) -> None:
         self.cfg = cfg
         self.jobs = jobs
         self.rows = rows
@@ -103,6 +104,7 @@ class Runner:
         self.complete = False                 # every row of the input (this round) is done
         self.source = source                  # for status: numbered-file position, what --follow waits for
         self.observer = observer if observer is not None else Observers()   # metrics, traces, endpoint logs
+        self.cache = cache                    # engine.cached.RunCache, or None
         self._waiting_input = False
         self._ready: deque[Item] = deque()
         self._timers: list = []          # (due, seq, item): retries waiting out a backoff
@@ -252,6 +254,8 @@ class Runner:
             item = self._next_item()
             if item is None:
                 return
+            if self.cache is not None and self.cache.serve(self.jobs[item.job], item.row, self.iteration):
+                continue
             model, est = self._model_of(item), self._estimate(item)
             endpoint = self.keypool.acquire(model, est)
             if endpoint is None:
@@ -265,9 +269,7 @@ class Runner:
     def _send(self, item: Item, endpoint: str, reserved: int) -> None:
         tid = next(self._tids)
         job = self.jobs[item.job]
-        request = {"model": job.model, **job.params, **item.row.request}
-        if job.system and not any(m.get("role") == "system" for m in request["messages"]):
-            request["messages"] = [{"role": "system", "content": job.system}, *request["messages"]]
+        request = build_request(job.model, job.params, job.system, item.row.request)
         self._flights[tid] = Flight(item, endpoint, reserved, time.monotonic())
         self.pool.submit(Task(tid, endpoint, request))
 
@@ -353,6 +355,8 @@ class Runner:
                                        attempts=item.attempts, endpoint=flight.endpoint, iteration=self.iteration)
         job.writer.add_result(item.row.key, item.row.end_offset,
                               records.with_samples(record, c.samples, self.cfg.explode_samples))
+        if self.cache is not None:
+            self.cache.store(job, item.row, c)
 
     def _failed(self, flight: Flight, err, latency: float | None = None) -> None:
         """Let `retry.decide` say what the failure means, then do it: the keypool, the row."""
@@ -497,7 +501,8 @@ class Runner:
                 "models": {j.alias: {"done": j.checkpoint.processed_count, "ok": j.checkpoint.ok,
                                      "failed": j.checkpoint.failed} for j in self.jobs},
                 "workers": workers, "endpoints": self.keypool.snapshot(), **self._source_status(),
-                **self._usage_status(), **self.observer.status_fields()}
+                **self._usage_status(), **self.observer.status_fields(),
+                **({"cache": self._cache_figures()} if self.cache is not None else {})}
 
     def _usage_status(self) -> dict:
         """Tokens and cost of this run so far (the summary's figures, live)."""
@@ -505,6 +510,12 @@ class Runner:
         return {"tokens": {"prompt": sum(j.stats.prompt_tokens for j in self.jobs),
                            "completion": sum(j.stats.completion_tokens for j in self.jobs)},
                 "cost": round(sum(costs), 6) if costs else None}
+
+    def _cache_figures(self) -> dict:
+        figures = [self.cache.figures(j) for j in self.jobs]
+        total = {k: sum(f[k] or 0 for f in figures) for k in ("hits", "misses", "stored", "saved_tokens")}
+        costs = [f["saved_cost"] for f in figures if f["saved_cost"] is not None]
+        return {**total, "saved_cost": round(sum(costs), 6) if costs else None, "path": figures[0]["path"]}
 
     def _source_status(self) -> dict:
         """Numbered-file runs: the range and the last number handed out; what --follow waits for."""
@@ -531,6 +542,8 @@ class Runner:
                                 endpoints=self.keypool.snapshot(), state=state, already_done=already_done,
                                 outputs={j.alias: str(j.writer.output_path) for j in self.jobs})
         summary["failed_total"] = sum(j.checkpoint.failed for j in self.jobs)  # earlier runs included
+        if self.cache is not None:
+            summary["cache"] = self._cache_figures()
         return summary
 
 
