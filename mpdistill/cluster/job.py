@@ -99,7 +99,8 @@ class Job:
         """The frozen config of shard `index`: the job's values, its own files and byte range."""
         rng, _ = self.ranges[index]
         paths = self.shard(index)
-        values = {**self.config, "output": str(paths.output), "checkpoint_dir": str(paths.dir),
+        tuples = {k: tuple(v) for k, v in self.config.items() if isinstance(v, list) and isinstance(_DEFAULTS.get(k), list)}
+        values = {**self.config, **tuples, "output": str(paths.output), "checkpoint_dir": str(paths.dir),
                   "log_dir": str(paths.dir / "logs"), "run_name": RUN_NAME, "progress": False,
                   "input": str(self.input), "input_range": (rng.begin, rng.end, rng.first_line)}
         return build_config(values, env=os.environ if env is None else env, config_py=None)
@@ -135,10 +136,15 @@ def job_values(cfg: RunConfig) -> dict:
         values["endpoints_file"] = str(Path(values["endpoints_file"]).resolve())
     if values.get("base_url") and _has_credentials(values["base_url"]):
         del values["base_url"]   # a URL with user:password@ comes from OPENAI_BASE_URL at each shard
-    return values
+    return _plain(values)
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+def _plain(value):
+    """As JSON gives it back (tuples become lists), so a loaded job equals the one that was written."""
+    return json.loads(json.dumps(value, default=str))
+
+
+_DEFAULTS = {f.name: _plain(f.default) for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
 def _settings(config: Mapping[str, Any]) -> dict:
