@@ -189,7 +189,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_factory=None) -> dict:
     with ExitStack() as stack:
         cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
-        register_secrets(e.api_key for e in cfg.endpoints)
+        register_secrets(s for e in cfg.endpoints for s in e.secrets)
         if rows is None:
             cfg = _with_input(cfg, announce)
         source, total, input_path, base_dir = _open_source(cfg, rows)
@@ -207,7 +207,7 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                           image_max_side=cfg.image_max_side, base_dir=base_dir,
-                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes)
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode)
         keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
         observer = open_observers(cfg, stack)
         cache = _open_cache(cfg, base_dir, stack)

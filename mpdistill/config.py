@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +41,7 @@ class RunConfig:
     retry_max: float = 60.0
     processes: int = 64
     concurrency: int = 1
+    mode: str = "process"            # process | thread | async: how workers make their calls
     limit: int | None = None
     image_max_side: int | None = None
     image_roots: tuple[str, ...] = ()     # folders local images may come from, besides the input's
@@ -119,7 +122,7 @@ def sibling(output: Path, suffix: str) -> Path:
 
 # config.py constant → RunConfig field. Only these names may appear in a config.py.
 CONFIG_PY_NAMES = {
-    "PROCESSES": "processes", "CONCURRENCY": "concurrency",
+    "PROCESSES": "processes", "CONCURRENCY": "concurrency", "MODE": "mode",
     "CHECKPOINT_SAVE_INTERVAL": "checkpoint_interval", "CHECKPOINT_DIR": "checkpoint_dir",
     "LOG_DIR": "log_dir", "INPUT_FILE": "input", "OUTPUT_FILE": "output", "MODEL": "model",
     "BASE_URL": "base_url", "SYSTEM_PROMPT": "system", "MAX_TOKENS": "max_tokens",
@@ -132,7 +135,7 @@ CONFIG_PY_NAMES = {
 # environment variable → RunConfig field
 ENV_NAMES = {
     "OPENAI_API_KEY": "api_key", "OPENAI_BASE_URL": "base_url", "MPDISTILL_MODEL": "model",
-    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_ENDPOINTS": "endpoints_file",
+    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_MODE": "mode", "MPDISTILL_ENDPOINTS": "endpoints_file",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -236,6 +239,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.mode not in ("process", "thread", "async"):
+        raise ConfigError(f"mode must be process, thread or async (got {cfg.mode!r})")
     if cfg.output_format not in ("mpdistill", "openai-batch"):
         raise ConfigError(f"output_format must be mpdistill or openai-batch (got {cfg.output_format!r})")
     if cfg.response_format not in ("text", "json"):
@@ -277,6 +282,27 @@ def _check_batch(cfg: RunConfig) -> None:
         raise ConfigError(f"batch_max_tokens must be > 0 (got {cfg.batch_max_tokens})")
     if not 0 <= cfg.batch_price:
         raise ConfigError(f"batch_price must be >= 0 (got {cfg.batch_price})")
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+def read_env_file(path: Path) -> bool:
+    """Load a `.env` file into os.environ (variables already set win); warn if others can read its keys."""
+    from dotenv import dotenv_values, load_dotenv
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        mode = path.stat().st_mode
+        holds_key = any(value and _SECRET_NAME.search(name) for name, value in dotenv_values(path).items())
+    except (OSError, UnicodeDecodeError):
+        return False     # load_dotenv below reports nothing either: an unreadable .env sets nothing
+    if holds_key and mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "%s holds an API key and is readable by group or others (mode %03o): run chmod 600 %s",
+            path, mode & 0o777, path)
+    return load_dotenv(path, override=False)
 
 
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
