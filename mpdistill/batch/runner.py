@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 
-from ..errors import AuthError, CallError, RunAbortedError, TransientError
+from ..errors import AuthError, CallError, CheckpointError, RunAbortedError, TransientError
 from ..inputs.jsonl import BadRow, Blank, Idle
 from ..outputs import records
 from ..report.stats import RateMeter, build_summary
@@ -141,7 +141,7 @@ class BatchRunner:
             self.job.writer.stop()
         finally:
             self.journal.close()
-        self._progress()
+        self._progress(raise_errors=False)
         self.complete = not self._stop and not self._has_work() and not self.cfg.cancel_batches
         ckpt = self.job.checkpoint
         ckpt.elapsed = self.elapsed()
@@ -149,7 +149,10 @@ class BatchRunner:
             ckpt.clear()
             self.journal.clear()
         else:
-            ckpt.save()
+            try:
+                ckpt.save()
+            except CheckpointError as err:
+                log.error("%s (the output is intact; the next run rebuilds from it)", err)
         self._write_status("finished" if self.complete else "stopped")
 
     def elapsed(self) -> float:
@@ -260,8 +263,10 @@ class BatchRunner:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def _progress(self) -> None:
+    def _progress(self, raise_errors: bool = True) -> None:
         w = self.job.writer
+        if w.error is not None and raise_errors:
+            raise w.error   # disk full, permissions: the run stops, what is durable stays
         ok, failed = w.durable_ok - self._seen[0], w.durable_failed - self._seen[1]
         if ok or failed:
             self._seen = (w.durable_ok, w.durable_failed)
@@ -312,6 +317,8 @@ class BatchRunner:
         summary["failed_total"] = self.job.checkpoint.failed
         summary["via"] = "batch"
         summary["batch_price_factor"] = self.cfg.batch_price
+        if summary.get("cost") is not None and self.cfg.batch_price > 0:
+            summary["cost_at_online_price"] = round(summary["cost"] / self.cfg.batch_price, 6)
         summary["batches_created"] = self.submit.created
         summary["batches_open"] = len(self.journal.open_batches()) if self.journal.path.exists() else 0
         if self.cache is not None:
