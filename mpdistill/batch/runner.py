@@ -51,6 +51,8 @@ class BatchRunner:
         self.retry_queue: deque = deque()        # (entry, keys) of closed batches to pack again
         self.polls: dict[str, float] = {}        # local -> next poll time
         self.exhausted = False
+        self._taken = 0                          # rows taken from the input (for --limit)
+        self._limited = False
         self._stop: str | None = None
         self._by_request = False
         self._seen = (0, 0)
@@ -142,7 +144,8 @@ class BatchRunner:
         finally:
             self.journal.close()
         self._progress(raise_errors=False)
-        self.complete = not self._stop and not self._has_work() and not self.cfg.cancel_batches
+        self.complete = (not self._stop and not self._has_work() and not self.cfg.cancel_batches
+                         and not self._limited)
         ckpt = self.job.checkpoint
         ckpt.elapsed = self.elapsed()
         if self.complete:
@@ -163,6 +166,9 @@ class BatchRunner:
     def next_row(self):
         """The next input row that needs a batch (bad rows go to the errors file on the way)."""
         while not self.exhausted:
+            if self.cfg.limit is not None and self._taken >= self.cfg.limit:
+                self.exhausted = self._limited = True
+                return None
             entry = next(self.rows, None)
             if entry is None or isinstance(entry, Idle):
                 self.exhausted = True
@@ -172,6 +178,7 @@ class BatchRunner:
                 continue
             if self.job.checkpoint.is_done(entry.key) or self.journal.owns(entry.key):
                 continue
+            self._taken += 1
             if isinstance(entry, BadRow):
                 self.job.writer.add_error(entry.key, entry.end_offset, records.bad_row_record(entry))
                 self.job.stats.failed += 1
