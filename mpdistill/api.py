@@ -203,7 +203,8 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
         if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
-                          image_max_side=cfg.image_max_side, base_dir=base_dir)
+                          image_max_side=cfg.image_max_side, base_dir=base_dir,
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode)
         keypool = KeyPool(list(cfg.endpoints))
         observer = open_observers(cfg, stack)
         cache = _open_cache(cfg, base_dir, stack)

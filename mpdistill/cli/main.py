@@ -65,6 +65,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     io.add_argument("--template", help="with -i DIR: prompt template file with {content}, {id}, {n}")
     io.add_argument("--max-line-bytes", type=int, help="longer input lines are error rows (default 20 MiB)")
     io.add_argument("--image-max-side", type=int, help="downscale local images to at most N pixels a side")
+    io.add_argument("--image-root", dest="image_roots", action="append", metavar="DIR",
+                    help="local images may also come from DIR (repeatable; default: the input's folder only)")
+    io.add_argument("--max-image-bytes", type=int, help="larger local images are error rows (default 20 MB)")
     io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
     api = p.add_argument_group("model and API")
     api.add_argument("-m", "--model", help="model name (default gpt-4o-mini; mock-model with the mock)")
@@ -87,6 +90,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run = p.add_argument_group("running")
     run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
+    run.add_argument("--mode", choices=("process", "thread", "async"),
+                     help="how workers make calls: process (default; -p processes × -c threads), thread "
+                          "(one process, -c threads), async (-p processes, each an event loop with -c calls)")
     run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
