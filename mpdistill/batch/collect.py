@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import RejectedError, TransientError
 from ..engine import retry
 from ..outputs import records
-from ..provider.client import completion_of, error_for_status, wants_json, with_extracted
+from ..provider.client import completion_from_body, error_for_status, wants_json, with_extracted
 from ..state.batches import BatchEntry
 from . import crash
 from .pack import key_of, row_of
@@ -90,7 +90,7 @@ class Collector:
             self._fail(key, meta, _line_error(response, error))
             return
         try:
-            completion = completion_of(response.get("body"))
+            completion = completion_from_body(response.get("body"))
             if wants_json(meta["body"]):
                 completion = with_extracted(completion)
         except TransientError as err:
