@@ -186,7 +186,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
     with ExitStack() as stack:
         cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
-        register_secrets(e.api_key for e in cfg.endpoints)
+        register_secrets(s for e in cfg.endpoints for s in e.secrets)
         if rows is None:
             cfg = _with_input(cfg, announce)
         source, total, input_path, base_dir = _open_source(cfg, rows)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -277,6 +279,27 @@ def _check_batch(cfg: RunConfig) -> None:
         raise ConfigError(f"batch_max_tokens must be > 0 (got {cfg.batch_max_tokens})")
     if not 0 <= cfg.batch_price:
         raise ConfigError(f"batch_price must be >= 0 (got {cfg.batch_price})")
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+def read_env_file(path: Path) -> bool:
+    """Load a `.env` file into os.environ (variables already set win); warn if others can read its keys."""
+    from dotenv import dotenv_values, load_dotenv
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        mode = path.stat().st_mode
+        holds_key = any(value and _SECRET_NAME.search(name) for name, value in dotenv_values(path).items())
+    except (OSError, UnicodeDecodeError):
+        return False     # load_dotenv below reports nothing either: an unreadable .env sets nothing
+    if holds_key and mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "%s holds an API key and is readable by group or others (mode %03o): run chmod 600 %s",
+            path, mode & 0o777, path)
+    return load_dotenv(path, override=False)
 
 
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,

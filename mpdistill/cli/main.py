@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import MOCK_MODEL, RunConfig, build_config
+from ..config import MOCK_MODEL, RunConfig, build_config, read_env_file
 from ..state.files import safe_name
 from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
@@ -160,8 +160,7 @@ _NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", 
 
 def config_from_args(args: argparse.Namespace, env=None):
     """Flags + environment + YAML + config.py → RunConfig."""
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env", override=False)
+    read_env_file(Path.cwd() / ".env")
     cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     yaml_values = _read_yaml(args.config) if args.config else None
     config_py = Path(os.environ.get("MPDISTILL_CONFIG_PY", "config.py"))
@@ -247,8 +246,7 @@ def run_task_command(argv: list[str], prog: str) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     args = run_parser(f"{prog} run-task").parse_args(argv[1:])
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env", override=False)
+    read_env_file(Path.cwd() / ".env")
     cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     from ..tools.taskrun import run_task
     return _run(None, args.verbose, lambda announce: run_task(argv[0], cli, announce), name=Path(argv[0]).stem)
@@ -277,7 +275,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     """Set up logging, run `job(announce)`, map its summary to an exit code."""
     from ..logs import setup_logging
-    secrets = ([cfg.api_key] + [e.api_key for e in cfg.endpoints] if cfg else []) + _env_secrets()
+    secrets = ([cfg.api_key, cfg.base_url or ""] + [s for e in cfg.endpoints for s in e.secrets]
+               if cfg else []) + _env_secrets()
     log_file = setup_logging(cfg.log_dir if cfg else "logs", safe_name(name or cfg.name), secrets, verbose)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
     if log_file:
@@ -302,7 +301,8 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
 
 def _env_secrets() -> list[str]:
     keys = os.environ.get("OPENAI_API_KEYS", "").split(",")
-    return [k.strip() for k in keys if k.strip()] + [os.environ.get("OPENAI_API_KEY", "")]
+    return [k.strip() for k in keys if k.strip()] + [os.environ.get(v, "") for v in ("OPENAI_API_KEY",
+                                                                                     "OPENAI_BASE_URL")]
 
 
 def checkpoints_command(argv: list[str]) -> int:
