@@ -168,3 +168,21 @@ def test_stop_leaves_batches_for_the_next_run_and_cancel_collects_them(tmp_path)
         final = _run(Workdir(tmp_path, fresh.url))
     assert final.returncode == 0, final.stderr
     _assert_exactly_once(wd, 25)
+
+
+def test_summary_cost_is_at_the_batch_price(tmp_path, server):
+    """With model prices, batch mode's cost is half the online price (or the configured share)."""
+    from pathlib import Path
+
+    from mpdistill import RunConfig, run
+    from mpdistill.api import JobSpec
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(12))
+    for share, name in ((0.5, "half"), (0.25, "quarter")):
+        out = tmp_path / f"{name}.jsonl"
+        cfg = RunConfig(input=str(src), output=str(out), base_url=server.url, api_key="sk-test-0001",
+                        checkpoint_dir=str(tmp_path / name), progress=False, via="batch", batch_poll=0.05,
+                        batch_price=share)
+        summary = run(cfg, jobs=[JobSpec(name, "m", Path(out), prices=(1.0, 2.0))])
+        online = (summary["prompt_tokens"] * 1.0 + summary["completion_tokens"] * 2.0) / 1e6
+        assert summary["cost"] == pytest.approx(online * share, rel=1e-3)
+        assert summary["cost_at_online_price"] == pytest.approx(online, rel=1e-3)
