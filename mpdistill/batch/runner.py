@@ -72,6 +72,8 @@ class BatchRunner:
         previous = _install_signals(self.request_stop)
         self.job.writer.start()
         try:
+            if self.cfg.restart:
+                self._set_journal_aside()
             self.journal.load()
             self._reattach()
             self._loop()
@@ -87,6 +89,19 @@ class BatchRunner:
             log.warning("%s: no new batches; %d open batch(es) are left for the next run to collect",
                         reason, len(self.journal.open_batches()))
             self._stop = reason
+
+    def _set_journal_aside(self) -> None:
+        """--restart: the old job's batches are not this job's; keep their journal as a backup."""
+        old = BatchJournal(self.journal.path)
+        if not old.path.exists():
+            return
+        old.load()
+        aside = old.path.with_name(f"{old.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        old.path.replace(aside)
+        opened = [e.batch_id or e.local for e in old.open_batches()]
+        if opened:
+            log.warning("--restart: %d batch(es) of the old job are left at the provider (%s); their "
+                        "journal is kept as %s", len(opened), ", ".join(opened[:5]), aside.name)
 
     def _reattach(self) -> None:
         """Batches of earlier runs: count them against their endpoints; drop files of closed ones."""
