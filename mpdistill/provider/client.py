@@ -9,6 +9,7 @@ Every call has a total deadline and a size cap, and never follows a redirect to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 
 import httpx2
@@ -35,11 +36,12 @@ _RAW_ASYNC_RESPONSE = openai.AsyncAPIResponse[object]
 
 
 def make_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
-                max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES) -> openai.OpenAI:
+                max_response_bytes: int | None = None) -> openai.OpenAI:
     """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself.
 
     `connections` (the requests one process keeps in flight) sizes its connection pool, so that
-    every in-flight request keeps its connection alive instead of reconnecting.
+    every in-flight request keeps its connection alive instead of reconnecting. Answers beyond
+    `max_response_bytes` fail (None: no cap, e.g. for Batch API file downloads).
     """
     transport = GuardedTransport(max_response_bytes, limits=_limits(connections))
     return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
@@ -48,7 +50,7 @@ def make_client(endpoint: Endpoint, timeout: float, connections: int | None = No
 
 
 def make_async_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
-                      max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES) -> openai.AsyncOpenAI:
+                      max_response_bytes: int | None = None) -> openai.AsyncOpenAI:
     """The asyncio twin of `make_client` (made inside the event loop that will use it)."""
     transport = AsyncGuardedTransport(max_response_bytes, limits=_limits(connections))
     return openai.AsyncOpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
@@ -89,24 +91,29 @@ def warm_up() -> None:
 def complete(client: openai.OpenAI, request: dict, timeout: float | None = None) -> Completion:
     """Make one call with the chat.completions kwargs in `request`, all of it (connect to last byte)
     within `timeout` seconds; raise a CallError on failure."""
-    try:
-        with deadline(timeout):
-            raw = post_chat(client, request)
-    except openai.APIError as err:
-        raise call_error(err, client.api_key, timeout) from err
+    with sdk_errors(client, timeout), deadline(timeout):
+        raw = post_chat(client, request)
     return _finish(raw, request)
 
 
 async def acomplete(client: openai.AsyncOpenAI, request: dict, timeout: float | None = None) -> Completion:
     """`complete` for AsyncOpenAI: the same request, deadline, answer and errors."""
     try:
-        async with asyncio.timeout(timeout):
-            raw = await post_chat(client, request)
+        with sdk_errors(client, timeout):
+            async with asyncio.timeout(timeout):
+                raw = await post_chat(client, request)
     except TimeoutError as err:
         raise CallTimeoutError(f"no complete answer within the {timeout:g} s deadline (--timeout)") from err
+    return _finish(raw, request)
+
+
+@contextlib.contextmanager
+def sdk_errors(client, timeout: float | None = None):
+    """Turn the SDK's exceptions raised inside into mpdistill's errors (sync and async calls alike)."""
+    try:
+        yield
     except openai.APIError as err:
         raise call_error(err, client.api_key, timeout) from err
-    return _finish(raw, request)
 
 
 def _finish(raw, request: dict) -> Completion:
