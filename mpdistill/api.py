@@ -30,6 +30,7 @@ from .report.hooks import on_finish, open_observers
 from .report.stats import format_summary
 from .report.status import status_path
 from .state.stopfile import wait_between_rounds
+from .state.writable import check_file, check_run_paths
 from .engine.worker import WorkerSpec
 from .engine.writer import Writer
 
@@ -116,6 +117,7 @@ def default_jobs(cfg: RunConfig) -> list[JobSpec]:
 
 def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int = 1) -> tuple[Job, ResumeInfo]:
     ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir, start=start)
+    check_file(ckpt.path, "checkpoint")
     output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
     fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
     info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
@@ -196,6 +198,8 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_
         source, total, input_path, base_dir = _open_source(cfg, rows)
         specs = jobs or default_jobs(cfg)
         first_key = getattr(source, "start", 1)
+        check_run_paths([s.output for s in specs], [_summary_path(specs)] + [
+            sibling(s.output, ".errors.jsonl") for s in specs], cfg.checkpoint_dir)
         opened = [_open_job(cfg, spec, input_path, first_key) for spec in specs]
         job_list = [job for job, _ in opened]
         for job in job_list:
