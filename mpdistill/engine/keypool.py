@@ -314,7 +314,7 @@ def _describe(st: _State, now: float) -> dict:
     until = max(st.rate_until, st.outage_until)
     e = st.endpoint
     return {
-        "name": e.name, "base_url": e.base_url, "key": mask_key(e.api_key),
+        "name": e.name, "base_url": e.display_url, "key": mask_key(e.api_key),
         "requests": st.n_requests, "ok": st.n_ok, "rate_limited": st.n_429, "errors": st.n_errors,
         "in_flight": st.in_flight,
         "current_rpm": round(st.rate.current, 1) if st.rate.current is not None else None,
