@@ -224,10 +224,13 @@ def _last_user_text(messages: list) -> str | None:
 
 
 class JsonlSource:
-    """Rows of a JSONL file, read from a byte offset, one line at a time."""
+    """Rows of a JSONL file, read from a byte offset, one line at a time (a `source.Source`)."""
+
+    first_key = 1
 
     def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20) -> None:
         self.path = Path(path)
+        self.input_file = self.path
         self.system = system
         self.max_line_bytes = max_line_bytes
         self.base_dir = str(self.path.resolve().parent)
@@ -235,8 +238,10 @@ class JsonlSource:
         if not self.path.is_file():
             raise InputFileError(f"input file not found: {self.path}")
 
-    def count(self) -> int:
-        """Number of lines (for the progress total): one fast pass over the bytes."""
+    def count(self, follow: bool = False) -> int | None:
+        """Number of lines (for the progress total): one fast pass over the bytes; None when following."""
+        if follow:
+            return None
         n, last = 0, b"\n"
         with open(self.path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -282,6 +287,12 @@ class JsonlSource:
                     else:
                         yield parse_row(key, raw, self.system, ids, lines.offset)
                 key += 1
+
+    def status_fields(self) -> dict:
+        return {}
+
+    def checkpoint_fields(self) -> dict:
+        return {}
 
     def _open(self):
         try:
