@@ -66,6 +66,12 @@ class RunConfig:
     follow: bool = False             # keep waiting for new rows / files until stopped
     iterations: int = 1          # rounds over the same input; 0 = until stopped
     delay: float = 0.0           # seconds between rounds
+    metrics_port: int | None = None  # serve Prometheus /metrics from the run itself on this port
+    metrics_host: str = "127.0.0.1"
+    trace: str | None = None         # otlp: one OpenTelemetry span per request
+    trace_content: bool = False      # put prompt and answer text into the spans
+    endpoint_logs: bool = True       # logs/<run>/<endpoint>.log: one line per request
+    on_finish: str | None = None     # shell command run when the run ends
 
     @property
     def name(self) -> str:
@@ -214,6 +220,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("iterations and delay must be >= 0")
     if cfg.max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0 (got {cfg.max_retries})")
+    if cfg.trace not in (None, "otlp"):
+        raise ConfigError(f"trace must be otlp (got {cfg.trace!r})")
+    if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port must be a port number 0-65535 (got {cfg.metrics_port})")
     return cfg
 
 

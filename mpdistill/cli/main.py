@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_REPAIRED = 0, 1, 2, 3, 4
 EXIT_ABORTED, EXIT_INTERRUPTED = 75, 130
+EXIT_ON_FINISH_FAILED = 5
 COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export",
-            "split", "merge")
+            "split", "merge", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,6 +99,16 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     out.add_argument("-v", "--verbose", action="store_true")
+    obs = p.add_argument_group("metrics, traces, hooks")
+    obs.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics of this run on this port")
+    obs.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
+    obs.add_argument("--trace", choices=("otlp",), help="otlp: one OpenTelemetry span per request (OTEL_* env)")
+    obs.add_argument("--trace-content", action="store_true", default=None,
+                     help="with --trace: put prompt and answer text into the spans")
+    obs.add_argument("--no-endpoint-logs", dest="endpoint_logs", action="store_false", default=None,
+                     help="do not write logs/<run>/<endpoint>.log")
+    obs.add_argument("--on-finish", metavar="CMD",
+                     help="shell command run when the run ends (env MPDISTILL_OUTPUT, _ERRORS, _SUMMARY)")
     return p
 
 
@@ -176,6 +187,9 @@ def _dispatch(argv: list[str], prog: str) -> int:
             return splitmerge.split_command(rest) if command == "split" else splitmerge.merge_command(rest)
         if command == "run-task":
             return run_task_command(rest, prog)
+        if command == "serve":
+            from .serve import serve_command
+            return serve_command(rest)
         if command != "run":
             rest = [f"--{command}" if command != "monitor" else "--status", *rest]
             if command == "monitor" and "--once" not in rest:
@@ -235,6 +249,9 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     if summary["state"] == "interrupted":
         say("Interrupted: checkpoint saved; run the same command again to resume.")
         return EXIT_INTERRUPTED
+    if (summary.get("on_finish") or {}).get("returncode"):
+        say(f"mpdistill: --on-finish failed with exit code {summary['on_finish']['returncode']} (output intact)")
+        return EXIT_ON_FINISH_FAILED
     return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
 
 

@@ -34,6 +34,7 @@ class Item:
     attempts: int = 0        # calls made
     retries: int = 0         # calls that count against --max-retries
     history: list = field(default_factory=list)
+    marks: dict = field(default_factory=dict)   # Health's memory of where this row began failing
 
 
 def request_for(job: Job, row: Row) -> dict:

@@ -16,7 +16,7 @@ from ..errors import CheckpointError, MpdistillError, RunAbortedError
 from ..state.resume import next_round
 from .backlog import Backlog
 from .flights import Flight, InFlight
-from .health import OutageWatch
+from .outage import OutageWatch
 from .intake import Intake
 from .job import Item, Job, estimate_tokens, request_for
 from .keypool import KeyPool
@@ -35,8 +35,8 @@ STATUS_EVERY_S = 1.0
 class Runner:
     """Runs one round of the rows through the worker pool for every job, until done or stopped.
 
-    `observer` hears of answers (`answered`), of rows made durable (`durable`) and, about once a
-    second and at the end, of the run's state (`tick`): see `report.reporter.Reporter`.
+    `observer` hears of every call that ended (`request`), of rows made durable (`durable`) and,
+    about once a second and at the end, of the run's state (`tick`): see `report.reporter.Reporter`.
     """
 
     def __init__(self, cfg: RunConfig, jobs: list[Job], rows: Iterator, keypool: KeyPool,

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 DEFAULT_MODEL = "mock-model"
 _ALWAYS = math.inf
 _MARKER = re.compile(
-    r"\[\[(fail|sleep|malformed|reasoning|think|badjson|echo_params)(?::([^\[\]]*))?\]\]")
+    r"\[\[(fail|sleep|malformed|reasoning|think|badjson|echo_params|reset|nocontent|refusal)"
+    r"(?::([^\[\]]*))?\]\]")
 _MALFORMED_BODY = (b'{"id": "chatcmpl-mock-malformed", "object": "chat.completion", '
                    b'"choices": [{"index": 0, "message": {"role": "assis')
 
@@ -57,6 +58,7 @@ class Reply:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    cut_at: int | None = None   # send only this many body bytes, then drop the connection
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class Markers:
     reasoning: bool = False
     think: bool = False
     echo_params: bool = False
+    reset_times: float = 0        # the connection drops mid-body
+    nocontent_times: float = 0    # content null, no tool calls, no refusal
+    refusal: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Markers:
@@ -121,6 +126,9 @@ _MARKER_PARSERS = {
     "reasoning": lambda arg: {"reasoning": True},
     "think": lambda arg: {"think": True},
     "echo_params": lambda arg: {"echo_params": True},
+    "reset": lambda arg: {"reset_times": _times(arg)},
+    "nocontent": lambda arg: {"nocontent_times": _times(arg)},
+    "refusal": lambda arg: {"refusal": True},
 }
 _NO_MARKERS = Markers()
 
@@ -425,6 +433,8 @@ class _Responder:
                                headers=extra)
         if self._take("malformed", text, markers.malformed_times):
             return Reply(200, _MALFORMED_BODY)
+        if self._take("reset", text, markers.reset_times):
+            return Reply(200, _MALFORMED_BODY, cut_at=len(_MALFORMED_BODY) // 2)
         return None
 
     def _completion(self, n: int, request: dict, model: str, prompt: tuple[str, int],
@@ -435,9 +445,9 @@ class _Responder:
         finish = "stop"
         if not markers.echo_params:  # echoed params must stay parseable JSON
             content, tokens, finish = _truncate(content, tokens, request)
-        message = {"role": "assistant", "content": content}
-        if self.options.reasoning or markers.reasoning:
-            message["reasoning_content"] = "mock reasoning about: " + text[:200]
+        message = self._message(request, content, text, markers)
+        if "tool_calls" in message:
+            finish = "tool_calls"
         used = prompt_tokens(request["messages"])
         return {"id": f"chatcmpl-mock-{n}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "system_fingerprint": "mpdistill-mock",
@@ -445,6 +455,20 @@ class _Responder:
                              "logprobs": None} for i in range(_samples(request))],
                 "usage": {"prompt_tokens": used, "completion_tokens": tokens * _samples(request),
                           "total_tokens": used + tokens * _samples(request)}}
+
+    def _message(self, request: dict, content: str, text: str, markers: Markers) -> dict:
+        """The assistant message: the answer, or a tool call, a refusal, or no content at all."""
+        calls = _tool_calls(request, text)
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+        if markers.refusal:
+            return {"role": "assistant", "content": None, "refusal": "mock refusal: " + text[:200]}
+        if self._take("nocontent", text, markers.nocontent_times):
+            return {"role": "assistant", "content": None}
+        message = {"role": "assistant", "content": content}
+        if self.options.reasoning or markers.reasoning:
+            message["reasoning_content"] = "mock reasoning about: " + text[:200]
+        return message
 
     def _content(self, n: int, request: dict, text: str, images: int, markers: Markers) -> str:
         if markers.echo_params:
@@ -455,6 +479,21 @@ class _Responder:
         if wants_json and not self._take("badjson", text, markers.badjson_times):
             answer = json.dumps({"answer": answer, "n": n})
         return "<think>mock thinking</think>" + answer if markers.think else answer
+
+
+def _tool_calls(request: dict, text: str) -> list | None:
+    """A call of the tool that `tool_choice` names (or of the first, when it is "required")."""
+    tools, choice = request.get("tools"), request.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+    elif choice == "required":
+        name = ((tools[0] or {}).get("function") or {}).get("name")
+    else:
+        return None
+    arguments = json.dumps({"prompt": text[:200]})
+    return [{"id": "call_mock_0", "type": "function", "function": {"name": name, "arguments": arguments}}]
 
 
 def _bearer(headers: dict) -> str | None:

@@ -333,7 +333,14 @@ class MockServer:
         except ValueError:
             return _refuse(writer, 400, "bad Content-Length or chunk size")
         keep_alive = _keeps_alive(version, headers)
-        writer.write(_encode(await self._answer(method, target, headers, body), keep_alive))
+        reply = await self._answer(method, target, headers, body)
+        data = _encode(reply, keep_alive)
+        if reply.cut_at is not None:  # a scripted reset: part of the body, then the connection drops
+            writer.write(data[:len(data) - len(reply.body) + reply.cut_at])
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        writer.write(data)
         await writer.drain()
         return keep_alive
 

@@ -1,11 +1,13 @@
 """The run's reporter: hears the engine's facts and turns them into the status file, the progress
-bar and the summary. The only place counts become words."""
+bar and the summary (the only place counts become words), and passes every request on to the
+run's observers (request counters, metrics, traces, endpoint logs)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Callable
 
+from .observe import Observers, RequestEvent
 from .progress import ProgressBar
 from .stats import ModelStats
 from .status import status_record, write_status
@@ -18,8 +20,10 @@ class Reporter:
     """The engine's observer for a whole run (every round): answers, durable rows, ticks, ends."""
 
     def __init__(self, aliases: list[str], outputs: list[Path], *, prices: list | None = None,
-                 status_file: Path | None, progress: bool, announce: Callable[[str], None]) -> None:
+                 status_file: Path | None, progress: bool, announce: Callable[[str], None],
+                 observers: Observers | None = None) -> None:
         self.aliases = aliases
+        self.observers = observers if observers is not None else Observers()
         self.outputs = [Path(o) for o in outputs]
         self.prices = prices or [None] * len(aliases)
         self.status_file = status_file
@@ -41,8 +45,12 @@ class Reporter:
         self._stats = [ModelStats(prices=p) for p in self.prices]
         self._bar = ProgressBar(view.total, view.done, self.progress)
 
-    def answered(self, job: int, latency_s: float, usage: dict | None) -> None:
-        self._stats[job].add(latency_s, usage)
+    def request(self, event: RequestEvent) -> None:
+        """One call ended: an answer's latency and tokens count toward its job's figures."""
+        if event.error is None:
+            self._stats[self.aliases.index(event.job) if len(self.aliases) > 1 else 0].add(
+                event.latency_s, event.usage)
+        self.observers.request(event)
 
     def durable(self, jobs) -> None:
         """Rows were made durable: `jobs` are every job's counts (`engine.view.JobCounts`)."""
@@ -51,10 +59,12 @@ class Reporter:
 
     def tick(self, view) -> None:
         """About once a second, and once with the final state: rewrite the status file."""
+        status = {**status_record(view), **self._usage(), **self.observers.status_fields()}
+        self.observers.status(status)
         if self.status_file is None:
             return
         try:
-            write_status(self.status_file, status_record(view))
+            write_status(self.status_file, status)
         except OSError as err:
             log.warning("cannot write status file %s: %s", self.status_file, err)
 
@@ -64,6 +74,7 @@ class Reporter:
             self._bar.close()
             self._bar = None
         self.summary = build_summary(view, dict(zip(self.aliases, self._stats)), state)
+        self.summary["run"], self.summary["summary"] = view.run, str(self.summary_path)
         write_summary(self.summary_path, self.summary)
         self.announce(format_summary(self.summary))
         if len(self.outputs) > 1:
@@ -73,3 +84,10 @@ class Reporter:
             self.announce(f"Output: {self.summary['output']}  (errors: {self.summary['errors']}, "
                           f"summary: {self.summary_path})")
         return self.summary
+
+    def _usage(self) -> dict:
+        """Tokens and cost of this round so far (the summary's figures, live)."""
+        costs = [s.cost() for s in self._stats if s.cost() is not None]
+        return {"tokens": {"prompt": sum(s.prompt_tokens for s in self._stats),
+                           "completion": sum(s.completion_tokens for s in self._stats)},
+                "cost": round(sum(costs), 6) if costs else None}
