@@ -13,13 +13,14 @@ from typing import Callable, Iterable
 from .config import RunConfig
 from .engine.rounds import run_plan
 from .plan import JobSpec, assemble
+from .report.summary import summary_path
 from .provider.endpoint import Endpoint
 from .report.hooks import on_finish, open_observers
 from .report.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "JobSpec"]
+__all__ = ["run", "JobSpec", "summary_path"]
 
 
 def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpec] | None = None,
@@ -29,13 +30,13 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
-    After the run (its lock released), `cfg.on_finish` runs with the output paths in its environment.
+    After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
     """
     announce = announce or log.info
     with ExitStack() as stack:
         plan = assemble(cfg, rows, jobs, tuple(job_endpoints), stack, announce)
         reporter = Reporter([s.alias for s in plan.specs], [s.output for s in plan.specs],
-                            prices=[s.prices for s in plan.specs], status_file=plan.status_file,
+                            status_file=plan.status_file,
                             progress=plan.cfg.progress if progress is None else progress, announce=announce,
                             observers=open_observers(plan.cfg, stack))
         run_plan(plan, reporter)

@@ -52,6 +52,7 @@ class Plan:
     source: Source
     total: int | None           # rows of the source, when known
     status_file: Path
+    cache: Any = None           # engine.cached.RunCache (--cache), or None
 
 
 def default_jobs(cfg: RunConfig) -> list[JobSpec]:
@@ -67,7 +68,7 @@ def assemble(cfg: RunConfig, rows: Iterable[dict] | None, specs: list[JobSpec] |
              job_endpoints: tuple[Endpoint, ...], stack: ExitStack, announce: Callable[[str], None]) -> Plan:
     """Endpoints, then jobs, then the source: the whole plan, in one pass. Closes what it opens on `stack`."""
     cfg = _with_endpoints(cfg, specs, tuple(job_endpoints), stack, announce)
-    register_secrets(e.api_key for e in cfg.endpoints)
+    register_secrets(s for e in cfg.endpoints for s in e.secrets)
     if rows is None and not cfg.input:
         announce(f"No input given: using the bundled sample dataset {SAMPLE_INPUT}")
         cfg = dataclasses.replace(cfg, input=str(SAMPLE_INPUT))
@@ -79,7 +80,20 @@ def assemble(cfg: RunConfig, rows: Iterable[dict] | None, specs: list[JobSpec] |
         stack.callback(job.writer.close)
     _announce_resume(opened, total, specs, announce)
     return Plan(cfg, specs, [job for job, _ in opened], source, total,
-                status_path(cfg.checkpoint_dir, safe_name(cfg.name)))
+                status_path(cfg.checkpoint_dir, safe_name(cfg.name)), open_cache(cfg, source.base_dir, stack))
+
+
+def open_cache(cfg: RunConfig, base_dir: str | None, stack: ExitStack):
+    """The response cache of the run (--cache), or None."""
+    if cfg.cache is None:
+        return None
+    from .engine.cached import RunCache
+    from .state.cache import ResponseCache, cache_path
+    cache = ResponseCache(cache_path(cfg.cache, cfg.checkpoint_dir), base_dir=base_dir,
+                          image_max_side=cfg.image_max_side, sampled=cfg.cache_sampled, only=cfg.cache_only)
+    run_cache = RunCache(cache.open(), cfg.explode_samples)
+    stack.callback(run_cache.close)
+    return run_cache
 
 
 def open_source(cfg: RunConfig) -> Source:
@@ -103,7 +117,7 @@ def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int
                    retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields),
                    rounds=cfg.iterations != 1)
     writer = Writer(output, errors, ckpt, output_format=cfg.output_format)
-    return Job(spec.alias, spec.model, writer, ckpt, dict(spec.params), system=spec.system), info
+    return Job(spec.alias, spec.model, writer, ckpt, dict(spec.params), system=spec.system, prices=spec.prices), info
 
 
 def _announce_resume(opened, total: int | None, specs: list[JobSpec], announce) -> None:

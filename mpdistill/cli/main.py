@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import build_config
+from ..config import build_config, read_env_file
 from ..state.files import safe_name
 from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
@@ -27,7 +27,13 @@ COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-se
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with our usage code, 2, and one clear line."""
+    """argparse that exits with our usage code, 2, and one clear line, and never guesses a flag.
+
+    Abbreviations are off: `--mode threading` must be an unknown flag, not `--model threading`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -59,6 +65,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     io.add_argument("--template", help="with -i DIR: prompt template file with {content}, {id}, {n}")
     io.add_argument("--max-line-bytes", type=int, help="longer input lines are error rows (default 20 MiB)")
     io.add_argument("--image-max-side", type=int, help="downscale local images to at most N pixels a side")
+    io.add_argument("--image-root", dest="image_roots", action="append", metavar="DIR",
+                    help="local images may also come from DIR (repeatable; default: the input's folder only)")
+    io.add_argument("--max-image-bytes", type=int, help="larger local images are error rows (default 20 MB)")
     io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
     api = p.add_argument_group("model and API")
     api.add_argument("-m", "--model", help="model name (default gpt-4o-mini; mock-model with the mock)")
@@ -81,6 +90,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run = p.add_argument_group("running")
     run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
+    run.add_argument("--mode", choices=("process", "thread", "async"),
+                     help="how workers make calls: process (default; -p processes × -c threads), thread "
+                          "(one process, -c threads), async (-p processes, each an event loop with -c calls)")
     run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
@@ -89,6 +101,21 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--delay", type=float, help="seconds between iterations")
     run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
     run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
+    bt = p.add_argument_group("Batch API and cache (see README: Batch API, Cache)")
+    bt.add_argument("--via", choices=("online", "batch"), help="batch: run through the provider's Batch API")
+    bt.add_argument("--batch-size", dest="batch_max_requests", type=int, help="requests per batch (default 50000)")
+    bt.add_argument("--batch-max-bytes", type=int, help="bytes per batch input file (default 200 MB)")
+    bt.add_argument("--batch-max-in-flight", type=int, help="open batches per endpoint (default 10)")
+    bt.add_argument("--batch-max-tokens", type=int, help="enqueued tokens per endpoint (default unlimited)")
+    bt.add_argument("--batch-poll", type=float, help="seconds between polls of a batch (default 30)")
+    bt.add_argument("--batch-price", type=float, help="batch price as a share of the model's (default 0.5)")
+    bt.add_argument("--cancel-batches", action="store_true", default=None,
+                    help="cancel the open batches, collect what they answered, submit nothing")
+    bt.add_argument("--cache", nargs="?", const="", metavar="PATH",
+                    help="response cache (SQLite; default PATH: CHECKPOINT_DIR/response_cache.sqlite)")
+    bt.add_argument("--cache-only", action="store_true", default=None, help="answer from the cache; misses fail")
+    bt.add_argument("--cache-sampled", action="store_true", default=None,
+                    help="cache requests with temperature > 0 too (off: a sample is not replayed)")
     ck = p.add_argument_group("checkpoints and resume")
     ck.add_argument("--checkpoint-interval", type=int, help="save every N durable rows (default 10)")
     ck.add_argument("--checkpoint-dir", help="default checkpoints/")
@@ -98,7 +125,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     out = p.add_argument_group("display")
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    out.add_argument("-v", "--verbose", action="store_true")
+    out.add_argument("--verbose", action="store_true", help="verbose log on stderr")
+    out.add_argument("-v", action=_RefusedShortFlag, hint="use --verbose (more log) or --validate "
+                     "(check the output; what -v meant in the older tool)")
+    out.add_argument("-s", action=_RefusedShortFlag, hint="use --status (what -s meant in the older tool)")
     obs = p.add_argument_group("metrics, traces, hooks")
     obs.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics of this run on this port")
     obs.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
@@ -112,14 +142,25 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     return p
 
 
+class _RefusedShortFlag(argparse.Action):
+    """A short flag the older tool gave another meaning: refused with a hint, so it never starts a run."""
+
+    def __init__(self, option_strings, dest, hint: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                         **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not a flag of mpdistill: {self.hint}")
+
+
 _NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", "emit_retry", "stop", "now",
                "config", "verbose"}
 
 
 def config_from_args(args: argparse.Namespace, env=None):
     """Flags + environment + YAML + config.py → RunConfig."""
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env", override=False)
+    read_env_file(Path.cwd() / ".env")
     cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     yaml_values = _read_yaml(args.config) if args.config else None
     config_py = Path(os.environ.get("MPDISTILL_CONFIG_PY", "config.py"))
@@ -205,8 +246,7 @@ def run_task_command(argv: list[str], prog: str) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     args = run_parser(f"{prog} run-task").parse_args(argv[1:])
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env", override=False)
+    read_env_file(Path.cwd() / ".env")
     cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     from ..tools.taskrun import run_task
     return _run(None, args.verbose, lambda announce: run_task(argv[0], cli, announce), name=Path(argv[0]).stem)
@@ -233,7 +273,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     """Set up logging, run `job(announce)`, map its summary to an exit code."""
     from ..logs import setup_logging
-    secrets = ([cfg.api_key] + [e.api_key for e in cfg.endpoints] if cfg else []) + _env_secrets()
+    secrets = ([cfg.api_key, cfg.base_url or ""] + [s for e in cfg.endpoints for s in e.secrets]
+               if cfg else []) + _env_secrets()
     log_file = setup_logging(cfg.log_dir if cfg else "logs", safe_name(name or cfg.name), secrets, verbose)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
     if log_file:
@@ -252,12 +293,14 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     if (summary.get("on_finish") or {}).get("returncode"):
         say(f"mpdistill: --on-finish failed with exit code {summary['on_finish']['returncode']} (output intact)")
         return EXIT_ON_FINISH_FAILED
-    return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
+    incomplete = summary.get("failed") or summary.get("failed_total") or summary.get("missing")
+    return EXIT_FAILED_ROWS if incomplete else EXIT_OK
 
 
 def _env_secrets() -> list[str]:
     keys = os.environ.get("OPENAI_API_KEYS", "").split(",")
-    return [k.strip() for k in keys if k.strip()] + [os.environ.get("OPENAI_API_KEY", "")]
+    return [k.strip() for k in keys if k.strip()] + [os.environ.get(v, "") for v in ("OPENAI_API_KEY",
+                                                                                     "OPENAI_BASE_URL")]
 
 
 def checkpoints_command(argv: list[str]) -> int:

@@ -23,6 +23,7 @@ class Job:
     checkpoint: CheckpointManager
     params: dict = field(default_factory=dict)
     system: str | None = None
+    prices: tuple | None = None    # per million input / output tokens (batch mode scales them)
 
 
 @dataclass
@@ -35,14 +36,6 @@ class Item:
     retries: int = 0         # calls that count against --max-retries
     history: list = field(default_factory=list)
     marks: dict = field(default_factory=dict)   # Health's memory of where this row began failing
-
-
-def request_for(job: Job, row: Row) -> dict:
-    """The chat request of `row` for `job`: the job's model and params, the row's own on top."""
-    request = {"model": job.model, **job.params, **row.request}
-    if job.system and not any(m.get("role") == "system" for m in request["messages"]):
-        request["messages"] = [{"role": "system", "content": job.system}, *request["messages"]]
-    return request
 
 
 def estimate_tokens(job: Job, row: Row) -> int:

@@ -28,13 +28,14 @@ class Outcomes:
     """Turns outcomes into writes, retries and error rows for the jobs of one round."""
 
     def __init__(self, cfg: RunConfig, jobs: list[Job], keypool: KeyPool, backlog: Backlog, observer,
-                 iteration: int | None) -> None:
+                 iteration: int | None, cache=None) -> None:
         self.cfg = cfg
         self.jobs = jobs
         self.keypool = keypool
         self.backlog = backlog
         self.observer = observer
         self.iteration = iteration
+        self.cache = cache                  # engine.cached.RunCache: each new answer is stored
         self.policy = retry.RetryPolicy(max_retries=cfg.max_retries, base_delay=cfg.retry_base,
                                         max_delay=cfg.retry_max)
         self.health = Health()
@@ -63,6 +64,8 @@ class Outcomes:
                                        attempts=item.attempts, endpoint=flight.endpoint, iteration=self.iteration)
         job.writer.add_result(item.row.key, item.row.end_offset,
                               records.with_samples(record, c.samples, self.cfg.explode_samples))
+        if self.cache is not None:
+            self.cache.store(job, item.row, c)
 
     def _failed(self, flight: Flight, err, latency: float | None = None) -> None:
         """Let `retry.decide` say what the failure means, then do it: the keypool, the row."""

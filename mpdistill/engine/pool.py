@@ -17,8 +17,9 @@ import time
 
 import multiprocess as mp
 
+from . import modes
 from .flights import Flight, InFlight
-from .worker import Outcome, Task, WorkerSpec, preload, worker_main
+from .worker import Outcome, Task, WorkerSpec, preload
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class _Worker:
     def __init__(self, ctx, slot: int, spec: WorkerSpec, clients=None) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=worker_main, args=(child, spec, clients), daemon=True,
+        self.process = ctx.Process(target=modes.entry(spec.mode), args=(child, spec, clients), daemon=True,
                                    name=f"mpdistill-worker-{slot}")
         with _frozen_heap():
             self.process.start()
@@ -55,8 +56,11 @@ class WorkerPool:
     """P worker processes with K requests in flight each."""
 
     def __init__(self, spec: WorkerSpec, processes: int, flights: InFlight | None = None) -> None:
+        shape = modes.shape(spec.mode, processes, spec.concurrency)
+        for hint in shape.hints:
+            log.warning("hint: %s", hint)
         self.spec = spec
-        self.processes = processes
+        self.processes = shape.processes
         self.flights = InFlight() if flights is None else flights
         self._ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         self._workers: list[_Worker] = []
@@ -66,7 +70,7 @@ class WorkerPool:
         self._selector = selectors.DefaultSelector()
 
     def start(self) -> None:
-        if self._ctx.get_start_method() == "fork":
+        if self._ctx.get_start_method() == "fork" and modes.inherits_clients(self.spec.mode):
             self._clients = preload(self.spec)
         self._workers = [self._watch(_Worker(self._ctx, i, self.spec, self._clients))
                          for i in range(self.processes)]

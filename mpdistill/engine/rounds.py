@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from ..errors import ConfigError
 from .job import Job
 from .keypool import KeyPool
 from .runner import Runner
@@ -17,17 +18,20 @@ def run_plan(plan, observer) -> str:
     """Run every round of `plan`; returns the last round's state."""
     cfg, jobs = plan.cfg, plan.jobs
     spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
-                      image_max_side=cfg.image_max_side, base_dir=plan.source.base_dir)
+                      image_max_side=cfg.image_max_side, base_dir=plan.source.base_dir,
+                      image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode)
     keypool = KeyPool(list(cfg.endpoints))
+    runner_class = _runner_class(cfg, jobs)
     repeated = cfg.iterations != 1
     number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if repeated else None
     while True:
         last = not repeated or bool(cfg.iterations and number >= cfg.iterations)
         if repeated:
             observer.say(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
-        runner = Runner(cfg, jobs, _rows(plan, jobs), keypool, spec, observer, source=plan.source,
-                        total=plan.total, status_file=plan.status_file,
-                        elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last)
+        runner = runner_class(cfg, jobs, _rows(plan, jobs), keypool, spec, observer, source=plan.source,
+                              total=plan.total, status_file=plan.status_file, cache=plan.cache,
+                              elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number,
+                              last_round=last)
         state = _run_round(runner, observer)
         if last or state != "finished" or not runner.complete:
             return state
@@ -35,6 +39,16 @@ def run_plan(plan, observer) -> str:
         if cfg.delay:
             observer.say(f"Next round in {cfg.delay:g} s (Ctrl-C to stop; the checkpoint is saved)")
             time.sleep(cfg.delay)
+
+
+def _runner_class(cfg, jobs: list[Job]):
+    """The online manager loop, or the Batch API one (--via batch)."""
+    if cfg.via != "batch":
+        return Runner
+    if len(jobs) != 1:
+        raise ConfigError("--via batch runs one model at a time; give each model its own run")
+    from ..batch.runner import BatchRunner
+    return BatchRunner
 
 
 def _run_round(runner: Runner, observer) -> str:

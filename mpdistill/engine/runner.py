@@ -18,10 +18,11 @@ from .backlog import Backlog
 from .flights import Flight, InFlight
 from .outage import OutageWatch
 from .intake import Intake
-from .job import Item, Job, estimate_tokens, request_for
+from .job import Item, Job, estimate_tokens
 from .keypool import KeyPool
 from .outcomes import Outcomes
 from .pool import WorkerPool
+from .request import build_request
 from .ratelimit import Meter
 from .stopping import Stopper
 from .view import RunView, job_counts, workers
@@ -42,14 +43,15 @@ class Runner:
     def __init__(self, cfg: RunConfig, jobs: list[Job], rows: Iterator, keypool: KeyPool,
                  spec: WorkerSpec, observer, *, source, total: int | None = None,
                  status_file: Path | None = None, elapsed_before: float = 0.0,
-                 iteration: int | None = None, last_round: bool = True) -> None:
+                 iteration: int | None = None, last_round: bool = True, cache=None) -> None:
         self.cfg, self.jobs, self.keypool, self.observer = cfg, jobs, keypool, observer
         self.source = source                  # the Source protocol: status fields, why following ended
+        self.cache = cache                    # engine.cached.RunCache, or None
         self.flights = InFlight()
         self.pool = WorkerPool(spec, cfg.processes, self.flights)
         self.backlog = Backlog()
         self.intake = Intake(rows, jobs, limit=cfg.limit, iteration=iteration)
-        self.outcomes = Outcomes(cfg, jobs, keypool, self.backlog, observer, iteration)
+        self.outcomes = Outcomes(cfg, jobs, keypool, self.backlog, observer, iteration, cache)
         self.health = OutageWatch(keypool, cfg.max_outage)
         self.total, self.status_file = total, status_file
         self.elapsed_before = elapsed_before
@@ -178,6 +180,8 @@ class Runner:
             item = self._next_item()
             if item is None:
                 return
+            if self.cache is not None and self.cache.serve(self.jobs[item.job], item.row, self.iteration):
+                continue
             model, est = self.jobs[item.job].model, self._estimate(item)
             endpoint = self.keypool.acquire(model, est)
             if endpoint is None:
@@ -187,7 +191,8 @@ class Runner:
                                    "is disabled (see the log); checkpoint saved, rerun to resume")
                 return
             tid = next(self._tids)
-            request = request_for(self.jobs[item.job], item.row)
+            job = self.jobs[item.job]
+            request = build_request(job.model, job.params, job.system, item.row.request)
             self.pool.submit(Task(tid, endpoint, request), Flight(tid, item, endpoint, est))
 
     def _next_item(self) -> Item | None:
@@ -246,4 +251,14 @@ class Runner:
             elapsed_s=self.elapsed(), round_s=time.monotonic() - self._started,
             already_done=self.already_done, started_at=self.started_at, iteration=self.iteration,
             workers=workers(self.flights, self.pool.pids()), endpoints=tuple(self.keypool.snapshot()),
-            source=self.source.status_fields())
+            source=self.source.status_fields(), status_extra=self._cache_figures(),
+            summary_extra=self._cache_figures())
+
+    def _cache_figures(self) -> dict:
+        if self.cache is None:
+            return {}
+        figures = [self.cache.figures(j) for j in self.jobs]
+        total = {k: sum(f[k] or 0 for f in figures) for k in ("hits", "misses", "stored", "saved_tokens")}
+        costs = [f["saved_cost"] for f in figures if f["saved_cost"] is not None]
+        return {"cache": {**total, "saved_cost": round(sum(costs), 6) if costs else None,
+                          "path": figures[0]["path"]}}

@@ -22,6 +22,7 @@ class JobCounts:
     failed: int
     ok_before: int = 0
     failed_before: int = 0
+    prices: tuple | None = None
 
     @property
     def ok_now(self) -> int:
@@ -54,6 +55,8 @@ class RunView:
     workers: tuple = ()
     endpoints: tuple = ()
     source: dict = field(default_factory=dict)
+    status_extra: dict = field(default_factory=dict)    # mode-specific figures (cache, batches) …
+    summary_extra: dict = field(default_factory=dict)   # … for the status file and for the summary
     pid: int = field(default_factory=os.getpid)
     updated_at: float = field(default_factory=time.time)
 
@@ -74,7 +77,7 @@ def job_counts(jobs: list[Job], before: list[tuple[int, int]] | None = None) -> 
     """Each job's counts from its checkpoint; `before` = (ok, failed) at the round's start."""
     before = before or [(0, 0)] * len(jobs)
     return tuple(JobCounts(j.alias, str(j.writer.output_path), str(j.writer.errors_path), j.checkpoint.processed_count,
-                           j.checkpoint.ok, j.checkpoint.failed, *b) for j, b in zip(jobs, before))
+                           j.checkpoint.ok, j.checkpoint.failed, *b, j.prices) for j, b in zip(jobs, before))
 
 
 def workers(flights: InFlight, pids: list[tuple[int, int | None]]) -> tuple:

@@ -19,13 +19,11 @@ log = logging.getLogger(__name__)
 class Reporter:
     """The engine's observer for a whole run (every round): answers, durable rows, ticks, ends."""
 
-    def __init__(self, aliases: list[str], outputs: list[Path], *, prices: list | None = None,
-                 status_file: Path | None, progress: bool, announce: Callable[[str], None],
+    def __init__(self, aliases: list[str], outputs: list[Path], *, status_file: Path | None, progress: bool, announce: Callable[[str], None],
                  observers: Observers | None = None) -> None:
         self.aliases = aliases
         self.observers = observers if observers is not None else Observers()
         self.outputs = [Path(o) for o in outputs]
-        self.prices = prices or [None] * len(aliases)
         self.status_file = status_file
         self.progress = progress
         self.announce = announce
@@ -42,15 +40,18 @@ class Reporter:
 
     def round_started(self, view) -> None:
         """A round begins: fresh figures and a bar that starts at the rows already done."""
-        self._stats = [ModelStats(prices=p) for p in self.prices]
+        self._stats = [ModelStats(prices=j.prices) for j in view.jobs]
         self._bar = ProgressBar(view.total, view.done, self.progress)
 
     def request(self, event: RequestEvent) -> None:
         """One call ended: an answer's latency and tokens count toward its job's figures."""
         if event.error is None:
-            self._stats[self.aliases.index(event.job) if len(self.aliases) > 1 else 0].add(
-                event.latency_s, event.usage)
+            self.answered(event.job, event.latency_s, event.usage)
         self.observers.request(event)
+
+    def answered(self, alias: str | None, latency_s: float, usage: dict | None) -> None:
+        """An answer (of a call, or of a collected batch): its latency and tokens."""
+        self._stats[self.aliases.index(alias) if len(self.aliases) > 1 else 0].add(latency_s, usage)
 
     def durable(self, jobs) -> None:
         """Rows were made durable: `jobs` are every job's counts (`engine.view.JobCounts`)."""
@@ -59,7 +60,7 @@ class Reporter:
 
     def tick(self, view) -> None:
         """About once a second, and once with the final state: rewrite the status file."""
-        status = {**status_record(view), **self._usage(), **self.observers.status_fields()}
+        status = {**status_record(view), **self._usage(), **self.observers.status_fields(), **view.status_extra}
         self.observers.status(status)
         if self.status_file is None:
             return
@@ -74,6 +75,7 @@ class Reporter:
             self._bar.close()
             self._bar = None
         self.summary = build_summary(view, dict(zip(self.aliases, self._stats)), state)
+        self.summary.update(view.summary_extra)
         self.summary["run"], self.summary["summary"] = view.run, str(self.summary_path)
         write_summary(self.summary_path, self.summary)
         self.announce(format_summary(self.summary))

@@ -66,6 +66,7 @@ def span_attributes(event: RequestEvent, content: bool = False) -> dict:
     usage = event.usage or {}
     attrs = {
         "gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": event.model,
+        "langsmith.span.kind": "LLM",   # LangSmith shows the span as a model call
         "mpdistill.run": event.run, "mpdistill.endpoint": event.endpoint, "mpdistill.row_id": event.row_id,
         "mpdistill.line": event.line, "mpdistill.attempt": event.attempt,
         "mpdistill.latency_s": round(event.latency_s, 6), "mpdistill.status_class": event.status_class,

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import check_values
+from ..config import check_values, read_env_file
 from ..provider.endpoint import Endpoint
 from ..errors import ConfigError
 
@@ -328,8 +328,7 @@ def load_env_file(task: Task) -> Path | None:
         return None
     if not task.env_file.is_file():
         raise ConfigError(f"{task.path}: key 'environment.env_file': env file {task.env_file} not found")
-    from dotenv import load_dotenv
-    load_dotenv(task.env_file, override=False)
+    read_env_file(task.env_file)
     log.info("loaded environment from %s", task.env_file)
     return task.env_file
 
