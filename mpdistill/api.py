@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .config import RunConfig
 from .engine.rounds import run_plan
@@ -25,12 +25,14 @@ __all__ = ["run", "JobSpec", "summary_path"]
 
 def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpec] | None = None,
         job_endpoints: tuple[Endpoint, ...] = (), announce: Callable[[str], None] | None = None,
-        progress: bool | None = None) -> dict:
+        progress: bool | None = None, keypool_factory: Callable[[list[Endpoint]], Any] | None = None) -> dict:
     """Run a whole job (one or several models over the same rows) and return its summary.
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
     After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
+    `keypool_factory` replaces the run's own KeyPool with one that has its interface (a cluster
+    shard's pool that leases its budget from a service shared by every shard).
     """
     announce = announce or log.info
     with ExitStack() as stack:
@@ -39,7 +41,7 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
                             status_file=plan.status_file,
                             progress=plan.cfg.progress if progress is None else progress, announce=announce,
                             observers=open_observers(plan.cfg, stack))
-        run_plan(plan, reporter)
+        run_plan(plan, reporter, keypool_factory)
     summary = reporter.summary
     if cfg.on_finish and summary is not None:
         summary = on_finish(cfg.on_finish, summary)

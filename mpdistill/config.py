@@ -88,6 +88,7 @@ class RunConfig:
     cache: str | None = None         # response cache (SQLite file); None: off
     cache_only: bool = False         # answer from the cache only; misses fail
     cache_sampled: bool = False      # cache requests with temperature > 0 too
+    input_range: tuple[int, int, int] | None = None   # one shard's lines: (begin byte, end byte, first line)
 
     @property
     def name(self) -> str:
@@ -222,7 +223,7 @@ def check_values(values: Mapping[str, Any], where: str) -> dict:
     for key, value in values.items():
         if key not in _FIELDS:
             raise ConfigError(f"{where}: unknown setting {key!r}")
-        out[key] = coerce(key, value, where) if key not in ("params", "endpoints") else value
+        out[key] = coerce(key, value, where) if key not in ("params", "endpoints", "input_range") else value
     return out
 
 
@@ -258,6 +259,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"trace must be otlp (got {cfg.trace!r})")
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
         raise ConfigError(f"metrics_port must be a port number 0-65535 (got {cfg.metrics_port})")
+    if cfg.input_range is not None and (cfg.follow or cfg.iterations != 1):
+        raise ConfigError("a shard of a cluster job reads a fixed byte range: no --follow or --iterations")
     return cfg
 
 

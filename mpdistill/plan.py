@@ -17,7 +17,7 @@ from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig, sibling
 from .engine.job import Job
 from .engine.writer import Writer
 from .errors import ConfigError
-from .inputs.jsonl import JsonlSource
+from .inputs.jsonl import JsonlSource, LineRange
 from .inputs.source import PythonSource, Source
 from .logs import register_secrets
 from .provider.endpoint import Endpoint
@@ -106,7 +106,8 @@ def open_source(cfg: RunConfig) -> Source:
                               template=template, max_bytes=cfg.max_line_bytes)
     if cfg.template or cfg.start is not None or cfg.end is not None:
         raise ConfigError("--pattern/--start/--end/--template need -i to be a folder of numbered files")
-    return JsonlSource(path, max_line_bytes=cfg.max_line_bytes)
+    byte_range = LineRange(*cfg.input_range) if cfg.input_range else None
+    return JsonlSource(path, max_line_bytes=cfg.max_line_bytes, byte_range=byte_range)
 
 
 def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int) -> tuple[Job, ResumeInfo]:

@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 
-from ..errors import AuthError, CallError, RunAbortedError, TransientError
+from ..errors import AuthError, CallError, CheckpointError, RunAbortedError, TransientError
 from ..inputs.jsonl import BadRow, Blank, Idle
 from ..outputs import records
 from ..engine.ratelimit import Meter
@@ -52,6 +52,8 @@ class BatchRunner:
         self.retry_queue: deque = deque()        # (entry, keys) of closed batches to pack again
         self.polls: dict[str, float] = {}        # local -> next poll time
         self.exhausted = False
+        self._taken = 0                          # rows taken from the input (for --limit)
+        self._limited = False
         self._stop: str | None = None
         self._by_request = False
         self._before = [(self.job.checkpoint.ok, self.job.checkpoint.failed)]
@@ -72,6 +74,8 @@ class BatchRunner:
         previous = _install_signals(self.request_stop)
         self.job.writer.start()
         try:
+            if self.cfg.restart:
+                self._set_journal_aside()
             self.journal.load()
             self._reattach()
             self._loop()
@@ -87,6 +91,19 @@ class BatchRunner:
             log.warning("%s: no new batches; %d open batch(es) are left for the next run to collect",
                         reason, len(self.journal.open_batches()))
             self._stop = reason
+
+    def _set_journal_aside(self) -> None:
+        """--restart: the old job's batches are not this job's; keep their journal as a backup."""
+        old = BatchJournal(self.journal.path)
+        if not old.path.exists():
+            return
+        old.load()
+        aside = old.path.with_name(f"{old.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        old.path.replace(aside)
+        opened = [e.batch_id or e.local for e in old.open_batches()]
+        if opened:
+            log.warning("--restart: %d batch(es) of the old job are left at the provider (%s); their "
+                        "journal is kept as %s", len(opened), ", ".join(opened[:5]), aside.name)
 
     def _reattach(self) -> None:
         """Batches of earlier runs: count them against their endpoints; drop files of closed ones."""
@@ -143,15 +160,19 @@ class BatchRunner:
             self.job.writer.stop()
         finally:
             self.journal.close()
-        self._progress()
-        self.complete = not self._stop and not self._has_work() and not self.cfg.cancel_batches
+        self._progress(raise_errors=False)
+        self.complete = (not self._stop and not self._has_work() and not self.cfg.cancel_batches
+                         and not self._limited)
         ckpt = self.job.checkpoint
         ckpt.elapsed = self.elapsed()
         if self.complete:
             ckpt.clear()
             self.journal.clear()
         else:
-            ckpt.save()
+            try:
+                ckpt.save()
+            except CheckpointError as err:
+                log.error("%s (the output is intact; the next run rebuilds from it)", err)
         self.observer.tick(self.view("finished" if self.complete else "stopped"))
 
     def elapsed(self) -> float:
@@ -162,6 +183,9 @@ class BatchRunner:
     def next_row(self):
         """The next input row that needs a batch (bad rows go to the errors file on the way)."""
         while not self.exhausted:
+            if self.cfg.limit is not None and self._taken >= self.cfg.limit:
+                self.exhausted = self._limited = True
+                return None
             entry = next(self.rows, None)
             if entry is None or isinstance(entry, Idle):
                 self.exhausted = True
@@ -171,6 +195,7 @@ class BatchRunner:
                 continue
             if self.job.checkpoint.is_done(entry.key) or self.journal.owns(entry.key):
                 continue
+            self._taken += 1
             if isinstance(entry, BadRow):
                 self.job.writer.add_error(entry.key, entry.end_offset, records.bad_row_record(entry))
                 continue
@@ -262,7 +287,9 @@ class BatchRunner:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def _progress(self) -> None:
+    def _progress(self, raise_errors: bool = True) -> None:
+        if self.job.writer.error is not None and raise_errors:
+            raise self.job.writer.error   # disk full, permissions: the run stops, what is durable stays
         ck = self.job.checkpoint
         if ck.ok + ck.failed != self._counted:
             self._meter.add(time.monotonic(), ck.ok + ck.failed - self._counted)
@@ -293,7 +320,7 @@ class BatchRunner:
             in_flight=sum(b["rows"] for b in batches), retry_waiting=sum(len(k) for _, k in self.retry_queue),
             rows_per_s=self._meter.rpm(time.monotonic()) / 60.0, elapsed_s=self.elapsed(),
             round_s=time.monotonic() - self._started, already_done=self.already_done,
-            started_at=self.started_at, endpoints=tuple(self.lanes.snapshot()),
+            started_at=self.started_at, endpoints=tuple(self.lanes.snapshot()), price_factor=self.cfg.batch_price,
             status_extra={"via": "batch", "batches": batches, **cache},
             summary_extra={"via": "batch", "batch_price_factor": self.cfg.batch_price,
                            "batches_created": self.submit.created, "batches_open": opened, **cache})

@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None, prog: str = "mpdistill") -> int:
 
 
 def _dispatch(argv: list[str], prog: str) -> int:
+    from . import cluster
+    if argv and cluster.claims(argv):
+        return cluster.main(argv, prog)
     if argv and argv[0] in COMMANDS:
         command, rest = argv[0], argv[1:]
         if command == "mock-server":

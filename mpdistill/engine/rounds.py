@@ -5,22 +5,22 @@ observer (`report.reporter.Reporter`) when each round starts and ends.
 """
 from __future__ import annotations
 
-import time
-
 from ..errors import ConfigError
+from ..state.stopfile import wait_between_rounds
 from .job import Job
 from .keypool import KeyPool
 from .runner import Runner
 from .worker import WorkerSpec
 
 
-def run_plan(plan, observer) -> str:
-    """Run every round of `plan`; returns the last round's state."""
+def run_plan(plan, observer, keypool_factory=None) -> str:
+    """Run every round of `plan`; returns the last round's state. `keypool_factory` makes the key
+    pool (default `KeyPool`; a cluster shard's leases a shared budget)."""
     cfg, jobs = plan.cfg, plan.jobs
     spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                       image_max_side=cfg.image_max_side, base_dir=plan.source.base_dir,
                       image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode)
-    keypool = KeyPool(list(cfg.endpoints))
+    keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
     runner_class = _runner_class(cfg, jobs)
     repeated = cfg.iterations != 1
     number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if repeated else None
@@ -37,8 +37,10 @@ def run_plan(plan, observer) -> str:
             return state
         number += 1
         if cfg.delay:
-            observer.say(f"Next round in {cfg.delay:g} s (Ctrl-C to stop; the checkpoint is saved)")
-            time.sleep(cfg.delay)
+            observer.say(f"Next round in {cfg.delay:g} s (--stop or Ctrl-C to stop; the checkpoint is saved)")
+        if not wait_between_rounds(plan.status_file, cfg.delay):
+            observer.say(f"Stopped between rounds (--stop); round {number} starts when the same command is rerun")
+            return state
 
 
 def _runner_class(cfg, jobs: list[Job]):

@@ -57,6 +57,7 @@ class RunView:
     source: dict = field(default_factory=dict)
     status_extra: dict = field(default_factory=dict)    # mode-specific figures (cache, batches) …
     summary_extra: dict = field(default_factory=dict)   # … for the status file and for the summary
+    price_factor: float = 1.0   # the jobs' prices are the model's × this (the Batch API's discount)
     pid: int = field(default_factory=os.getpid)
     updated_at: float = field(default_factory=time.time)
 

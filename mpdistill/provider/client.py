@@ -200,6 +200,12 @@ def parse_response(status: int, body: bytes, headers: Mapping[str, str]) -> Comp
     except ValueError as err:       # JSONDecodeError and UnicodeDecodeError both are
         raise BadResponseError(f"HTTP {status}: body is not JSON ({err})",
                                status=status, headers=kept) from err
+    return completion_from_body(data, status, kept)
+
+
+def completion_from_body(data: object, status: int = 200, kept: dict | None = None) -> Completion:
+    """A Completion from a decoded 2xx body (a Batch API result line holds one already decoded)."""
+    kept = kept or {}
     choice = _first_choice(data)
     if choice is None:
         raise BadResponseError(f"HTTP {status}: answer has no usable choices: {str(data):.200}",

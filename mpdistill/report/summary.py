@@ -26,6 +26,8 @@ def build_summary(view, per_model: dict[str, ModelStats], state: str) -> dict:
     figures = total.as_dict(ok, failed)
     costs = [s.cost() for s in per_model.values() if s.cost() is not None]
     figures["cost"] = round(sum(costs), 6) if costs else None
+    if figures["cost"] is not None and view.price_factor not in (1.0, 0):
+        figures["cost_at_online_price"] = round(figures["cost"] / view.price_factor, 6)
     elapsed, done = view.round_s, figures["total"]
     summary = {
         "state": state, **figures, "already_done": view.already_done,
