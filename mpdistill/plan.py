@@ -23,9 +23,11 @@ from .logs import register_secrets
 from .provider.endpoint import Endpoint
 from .provider.registry import endpoints_from_env, load_endpoints, select_pool
 from .report.status import status_path
+from .report.summary import summary_path
 from .state.checkpoint import CheckpointManager
 from .state.files import safe_name
 from .state.resume import ResumeInfo, config_fingerprint, prepare
+from .state.writable import check_file, check_run_paths
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -75,6 +77,8 @@ def assemble(cfg: RunConfig, rows: Iterable[dict] | None, specs: list[JobSpec] |
     source = PythonSource(rows) if rows is not None else open_source(cfg)
     total = source.count(follow=cfg.follow)
     specs = specs or default_jobs(cfg)
+    check_run_paths([s.output for s in specs], [summary_path([s.output for s in specs])] + [
+        sibling(s.output, ".errors.jsonl") for s in specs], cfg.checkpoint_dir)
     opened = [_open_job(cfg, spec, source.input_file, source.first_key) for spec in specs]
     for job, _ in opened:
         stack.callback(job.writer.close)
@@ -112,6 +116,7 @@ def open_source(cfg: RunConfig) -> Source:
 
 def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int) -> tuple[Job, ResumeInfo]:
     ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir, start=start)
+    check_file(ckpt.path, "checkpoint")
     output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
     fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
     info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,

@@ -93,6 +93,8 @@ class Outcomes:
             self.keypool.release(name, ok=False, reserved_tokens=flight.reserved)
         else:
             self.keypool.failed(name, flight.reserved, transient=verdict is retry.Verdict.DOWN)
+        if verdict is retry.Verdict.DOWN:
+            self.health.down(name, err)
         if decision.action is retry.Action.DISABLE_KEY and self.keypool.disable(name, f"HTTP {err.status}: key rejected"):
             log.error("endpoint %s: key rejected (HTTP %s) for several rows; disabled for this run", name, err.status)
 

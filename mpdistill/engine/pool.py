@@ -156,8 +156,11 @@ class WorkerPool:
 
     def _replace(self, worker: _Worker) -> list[Flight]:
         lost = self.flights.drop_slot(worker.slot)
-        log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
-                    worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        if lost or worker.process.exitcode != 0:
+            log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
+                        worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        else:  # SIGTERM: it answered what it held and left
+            log.info("worker %d (pid %s) exited; starting another", worker.slot, worker.process.pid)
         self._unwatch(worker)
         worker.conn.close()
         self._workers[worker.slot] = self._watch(_Worker(self._ctx, worker.slot, self.spec, self._clients))

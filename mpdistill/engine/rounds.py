@@ -19,7 +19,8 @@ def run_plan(plan, observer, keypool_factory=None) -> str:
     cfg, jobs = plan.cfg, plan.jobs
     spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                       image_max_side=cfg.image_max_side, base_dir=plan.source.base_dir,
-                      image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode)
+                      image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode,
+                      max_response_bytes=cfg.max_response_bytes)
     keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
     runner_class = _runner_class(cfg, jobs)
     repeated = cfg.iterations != 1

@@ -52,7 +52,7 @@ class Runner:
         self.backlog = Backlog()
         self.intake = Intake(rows, jobs, limit=cfg.limit, iteration=iteration)
         self.outcomes = Outcomes(cfg, jobs, keypool, self.backlog, observer, iteration, cache)
-        self.health = OutageWatch(keypool, cfg.max_outage)
+        self.health = OutageWatch(keypool, cfg.max_outage, self.outcomes.health)
         self.total, self.status_file = total, status_file
         self.elapsed_before = elapsed_before
         self.iteration = iteration            # the round of a repeated run (--iterations), else None
