@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,8 +41,11 @@ class RunConfig:
     retry_max: float = 60.0
     processes: int = 64
     concurrency: int = 1
+    mode: str = "process"            # process | thread | async: how workers make their calls
     limit: int | None = None
     image_max_side: int | None = None
+    image_roots: tuple[str, ...] = ()     # folders local images may come from, besides the input's
+    max_image_bytes: int = 20 * 1024 * 1024
     max_line_bytes: int = 20 * 1024 * 1024
     checkpoint_interval: int = 10
     checkpoint_dir: str = "checkpoints"
@@ -83,6 +88,7 @@ class RunConfig:
     cache: str | None = None         # response cache (SQLite file); None: off
     cache_only: bool = False         # answer from the cache only; misses fail
     cache_sampled: bool = False      # cache requests with temperature > 0 too
+    input_range: tuple[int, int, int] | None = None   # one shard's lines: (begin byte, end byte, first line)
 
     @property
     def name(self) -> str:
@@ -116,20 +122,20 @@ def sibling(output: Path, suffix: str) -> Path:
 
 # config.py constant → RunConfig field. Only these names may appear in a config.py.
 CONFIG_PY_NAMES = {
-    "PROCESSES": "processes", "CONCURRENCY": "concurrency",
+    "PROCESSES": "processes", "CONCURRENCY": "concurrency", "MODE": "mode",
     "CHECKPOINT_SAVE_INTERVAL": "checkpoint_interval", "CHECKPOINT_DIR": "checkpoint_dir",
     "LOG_DIR": "log_dir", "INPUT_FILE": "input", "OUTPUT_FILE": "output", "MODEL": "model",
     "BASE_URL": "base_url", "SYSTEM_PROMPT": "system", "MAX_TOKENS": "max_tokens",
     "TEMPERATURE": "temperature", "TIMEOUT": "timeout", "MAX_RETRIES": "max_retries",
     "RETRY_BASE_DELAY": "retry_base", "RETRY_MAX_DELAY": "retry_max", "GRACE_PERIOD": "grace",
     "MAX_OUTAGE": "max_outage", "IMAGE_MAX_SIDE": "image_max_side",
-    "MAX_LINE_BYTES": "max_line_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
+    "MAX_LINE_BYTES": "max_line_bytes", "IMAGE_ROOTS": "image_roots", "MAX_IMAGE_BYTES": "max_image_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
 }
 
 # environment variable → RunConfig field
 ENV_NAMES = {
     "OPENAI_API_KEY": "api_key", "OPENAI_BASE_URL": "base_url", "MPDISTILL_MODEL": "model",
-    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_ENDPOINTS": "endpoints_file",
+    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_MODE": "mode", "MPDISTILL_ENDPOINTS": "endpoints_file",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -153,6 +159,8 @@ def coerce(name: str, value: Any, where: str) -> Any:
             return float(value)
         if kind == "bool":
             return _as_bool(value)
+        if kind.startswith("tuple[str"):
+            return _strings(value)
         if kind.startswith("str"):
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError(value)
@@ -160,6 +168,14 @@ def coerce(name: str, value: Any, where: str) -> Any:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {name} has a wrong value {value!r} (expected {kind})") from err
     return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings (or one string) as a tuple, so the frozen config holds no mutable list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(value)
+    return tuple(items)
 
 
 def _as_bool(value: Any) -> bool:
@@ -207,7 +223,7 @@ def check_values(values: Mapping[str, Any], where: str) -> dict:
     for key, value in values.items():
         if key not in _FIELDS:
             raise ConfigError(f"{where}: unknown setting {key!r}")
-        out[key] = coerce(key, value, where) if key not in ("params", "endpoints") else value
+        out[key] = coerce(key, value, where) if key not in ("params", "endpoints", "input_range") else value
     return out
 
 
@@ -215,7 +231,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Reject values no run can use, with a message naming the setting."""
     positive = {"processes": cfg.processes, "concurrency": cfg.concurrency,
                 "checkpoint_interval": cfg.checkpoint_interval, "timeout": cfg.timeout,
-                "max_line_bytes": cfg.max_line_bytes}
+                "max_line_bytes": cfg.max_line_bytes, "max_image_bytes": cfg.max_image_bytes}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
@@ -223,12 +239,17 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.mode not in ("process", "thread", "async"):
+        raise ConfigError(f"mode must be process, thread or async (got {cfg.mode!r})")
     if cfg.output_format not in ("mpdistill", "openai-batch"):
         raise ConfigError(f"output_format must be mpdistill or openai-batch (got {cfg.output_format!r})")
     if cfg.response_format not in ("text", "json"):
         raise ConfigError(f"response_format must be text or json (got {cfg.response_format!r})")
     if cfg.iterations < 0 or cfg.delay < 0:
         raise ConfigError("iterations and delay must be >= 0")
+    for root in cfg.image_roots:
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"image_roots: {root} is not a folder")
     _check_batch(cfg)
     if (cfg.cache_only or cfg.cache_sampled) and cfg.cache is None:
         raise ConfigError("--cache-only and --cache-sampled need --cache")
@@ -238,6 +259,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"trace must be otlp (got {cfg.trace!r})")
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
         raise ConfigError(f"metrics_port must be a port number 0-65535 (got {cfg.metrics_port})")
+    if cfg.input_range is not None and (cfg.follow or cfg.iterations != 1):
+        raise ConfigError("a shard of a cluster job reads a fixed byte range: no --follow or --iterations")
     return cfg
 
 
@@ -261,6 +284,27 @@ def _check_batch(cfg: RunConfig) -> None:
         raise ConfigError(f"batch_price must be >= 0 (got {cfg.batch_price})")
 
 
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+def read_env_file(path: Path) -> bool:
+    """Load a `.env` file into os.environ (variables already set win); warn if others can read its keys."""
+    from dotenv import dotenv_values, load_dotenv
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        mode = path.stat().st_mode
+        holds_key = any(value and _SECRET_NAME.search(name) for name, value in dotenv_values(path).items())
+    except (OSError, UnicodeDecodeError):
+        return False     # load_dotenv below reports nothing either: an unreadable .env sets nothing
+    if holds_key and mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "%s holds an API key and is readable by group or others (mode %03o): run chmod 600 %s",
+            path, mode & 0o777, path)
+    return load_dotenv(path, override=False)
+
+
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
                  yaml_values: Mapping[str, Any] | None = None,
                  config_py: Path | None = None) -> RunConfig:
@@ -271,6 +315,8 @@ def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str]
     merged.update(check_values(yaml_values or {}, "YAML config"))
     merged.update(env_values(os.environ if env is None else env))
     merged.update({k: v for k, v in (cli or {}).items() if v is not None})
+    if "image_roots" in merged:
+        merged["image_roots"] = coerce("image_roots", merged["image_roots"], "image roots")
     unknown = set(merged) - set(_FIELDS)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")

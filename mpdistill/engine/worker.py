@@ -30,6 +30,14 @@ class WorkerSpec:
     concurrency: int = 1
     image_max_side: int | None = None
     base_dir: str | None = None
+    mode: str = "process"   # process | thread | async (see engine.modes)
+    image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
+    max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
+
+    @property
+    def image_policy(self) -> images.ImagePolicy:
+        """Where this run's local images may come from and how big they may be."""
+        return images.ImagePolicy(self.base_dir, self.image_roots, self.max_image_bytes, self.image_max_side)
 
 
 @dataclass(frozen=True)
@@ -55,20 +63,24 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     """Make the call of `task` with client `api`; never raises for a call or row problem."""
     start = time.monotonic()
     try:
-        request = prepare(task.request, spec)
+        request = prepare(task.request, spec, deadline=start + spec.timeout)
         completion = client.complete(api, request)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
     except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
-        surprise = TransientError(f"unexpected {type(err).__name__} in the worker: {err}")
-        return Outcome(task.tid, None, to_info(surprise), time.monotonic() - start)
+        return surprise(task.tid, err, start)
 
 
-def prepare(request: dict, spec: WorkerSpec) -> dict:
-    """Encode the row's local images; text-only requests pass through untouched."""
-    messages = images.build_messages(request["messages"], base_dir=spec.base_dir,
-                                     max_side=spec.image_max_side)
+def surprise(tid: int, err: Exception, start: float) -> Outcome:
+    """The outcome of an exception no one expected (a bug, an SDK surprise): retryable, never lost."""
+    error = TransientError(f"unexpected {type(err).__name__} in the worker: {err}")
+    return Outcome(tid, None, to_info(error), time.monotonic() - start)
+
+
+def prepare(request: dict, spec: WorkerSpec, deadline: float | None = None) -> dict:
+    """Encode the row's local images (reading them counts in the call's deadline); text passes untouched."""
+    messages = images.build_messages(request["messages"], spec.image_policy, deadline)
     if messages is request["messages"]:
         return request
     return {**request, "messages": messages}
@@ -92,7 +104,8 @@ class _Clients:
     def get(self, name: str) -> Any:
         with self._lock:
             if name not in self._clients:
-                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout)
+                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout,
+                                                         connections=self._spec.concurrency)
             return self._clients[name]
 
 
@@ -111,11 +124,7 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
 
     `clients` are inherited from the manager when the process was forked (see `preload`).
     """
-    # Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
-    # calls may finish, so workers ignore it. SIGTERM keeps its default: it ends a worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _yield_to_manager()
-    _watch_parent(os.getppid())
+    serve_signals()
     clients = clients or _Clients(spec)
     send_lock = threading.Lock()
     tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -135,6 +144,18 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
         tasks.put(None)
     for thread in threads:
         thread.join()
+
+
+def serve_signals() -> None:
+    """What every worker process does first, in every mode: ignore Ctrl-C, yield the CPU to the
+    manager, and exit when the manager dies.
+
+    Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
+    calls may finish, so workers ignore it. SIGTERM keeps its default: it ends a worker.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _yield_to_manager()
+    _watch_parent(os.getppid())
 
 
 def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:

@@ -224,12 +224,19 @@ def _last_user_text(messages: list) -> str | None:
 
 
 class JsonlSource:
-    """Rows of a JSONL file, read from a byte offset, one line at a time."""
+    """Rows of a JSONL file, read from a byte offset, one line at a time.
 
-    def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20) -> None:
+    With `byte_range` = LineRange (a shard of a cluster job) only the lines that start inside the
+    range are read, and they keep their line numbers in the whole file as keys.
+    """
+
+    def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20,
+                 byte_range: LineRange | None = None) -> None:
         self.path = Path(path)
         self.system = system
         self.max_line_bytes = max_line_bytes
+        self.range = byte_range
+        self.start = byte_range.first_line if byte_range else 1   # the first key (checkpoint start)
         self.base_dir = str(self.path.resolve().parent)
         self.follow_stopped: str | None = None   # why following ended early: removed, replaced, …
         if not self.path.is_file():
@@ -237,6 +244,8 @@ class JsonlSource:
 
     def count(self) -> int:
         """Number of lines (for the progress total): one fast pass over the bytes."""
+        if self.range is not None:
+            return count_lines(self.path, self.range.begin, self.range.end)
         n, last = 0, b"\n"
         with open(self.path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -256,7 +265,8 @@ class JsonlSource:
         appended; a last line without its "\n" waits until it is complete. Following ends, with a
         warning, if the file is removed, replaced, truncated or rewritten under us.
         """
-        key, offset = start or (1, 0)
+        key, offset = start or ((self.range.first_line, self.range.begin) if self.range else (1, 0))
+        stop = self.range.end if self.range else None
         ids = IdSet()
         with self._open() as f:
             lines = _LineReader(f, offset, self.max_line_bytes, follow)
@@ -265,7 +275,7 @@ class JsonlSource:
                 offset = lines.offset
             anchor = os.pread(f.fileno(), 1, offset - 1) if follow and offset else b""
             while True:
-                line = lines.read()
+                line = None if stop is not None and lines.offset >= stop else lines.read()
                 if line is None:
                     if not follow:
                         return
@@ -317,6 +327,30 @@ def _file_change(path: Path, fd: int, offset: int, position: int, anchor: bytes)
     if offset and os.pread(fd, 1, offset - 1) != anchor:
         return "rewritten"
     return None
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """The lines of a file that start in bytes [begin, end); the first of them is line `first_line`."""
+
+    begin: int
+    end: int
+    first_line: int
+
+
+def count_lines(path: Path, begin: int = 0, end: int | None = None) -> int:
+    """Lines that start in bytes [begin, end) of `path` (`begin` at a line start; a last line may lack its \n)."""
+    n, last, left = 0, b"\n", None if end is None else end - begin
+    with open(path, "rb") as f:
+        f.seek(begin)
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+            left = None if left is None else left - len(chunk)
+    return n + (last != b"\n")
 
 
 class _LineReader:

@@ -6,6 +6,7 @@ The hot path reads the raw JSON body itself instead of building the SDK's pydant
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -29,6 +30,7 @@ _MAX_DETAIL = 500
 _CREATE_OPTIONS = {"extra_body": "extra_json", "extra_headers": "headers", "extra_query": "params",
                    "timeout": "timeout"}
 _RAW_RESPONSE = openai.APIResponse[object]   # `post` returns the response unparsed: we read the JSON
+_RAW_ASYNC_RESPONSE = openai.AsyncAPIResponse[object]
 _MAX_RAW_ANSWER = 2000
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -48,10 +50,30 @@ class Completion:
     samples: tuple | None = None                  # every choice when the request asked for n > 1
 
 
-def make_client(endpoint: Endpoint, timeout: float) -> openai.OpenAI:
-    """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself."""
+def make_client(endpoint: Endpoint, timeout: float, connections: int | None = None) -> openai.OpenAI:
+    """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself.
+
+    `connections` (the requests one process keeps in flight) sizes its connection pool, so that
+    every in-flight request keeps its connection alive instead of reconnecting.
+    """
+    http = openai.DefaultHttpxClient(limits=_limits(connections)) if connections else None
     return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
-                         timeout=timeout, max_retries=0)
+                         timeout=timeout, max_retries=0, http_client=http)
+
+
+def make_async_client(endpoint: Endpoint, timeout: float, connections: int | None = None) -> openai.AsyncOpenAI:
+    """The asyncio twin of `make_client` (made inside the event loop that will use it)."""
+    http = openai.DefaultAsyncHttpxClient(limits=_limits(connections)) if connections else None
+    return openai.AsyncOpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
+                              timeout=timeout, max_retries=0, http_client=http)
+
+
+def _limits(connections: int):
+    try:
+        import httpx2 as http   # the SDK's own HTTP library since openai 3
+    except ImportError:
+        import httpx as http
+    return http.Limits(max_connections=max(connections, 10), max_keepalive_connections=max(connections, 10))
 
 
 class _NoNetwork:
@@ -80,8 +102,23 @@ def warm_up() -> None:
 
 def complete(client: openai.OpenAI, request: dict) -> Completion:
     """Make one call with the chat.completions kwargs in `request`; raise a CallError on failure."""
-    try:
+    with sdk_errors(client):
         raw = post_chat(client, request)
+    return completion_of(raw, request)
+
+
+async def acomplete(client: openai.AsyncOpenAI, request: dict) -> Completion:
+    """`complete` with an AsyncOpenAI client: the same request, mapping and parsing, awaited."""
+    with sdk_errors(client):
+        raw = await post_chat(client, request)
+    return completion_of(raw, request)
+
+
+@contextlib.contextmanager
+def sdk_errors(client):
+    """Turn the SDK's exceptions raised inside into mpdistill's CallErrors (sync and async calls alike)."""
+    try:
+        yield
     except openai.APITimeoutError as err:      # before APIConnectionError: it is a subclass
         raise CallTimeoutError(f"no answer within the timeout from {_where(err)}") from err
     except openai.APIConnectionError as err:
@@ -89,6 +126,10 @@ def complete(client: openai.OpenAI, request: dict) -> Completion:
     except openai.APIStatusError as err:
         message = _redact(_status_detail(err), client.api_key)
         raise error_for_status(err.status_code, message, err.response.headers) from err
+
+
+def completion_of(raw, request: dict) -> Completion:
+    """The Completion of the SDK's raw 2xx response to `request` (its JSON answer parsed if asked)."""
     completion = parse_response(raw.http_response.status_code, raw.http_response.content,
                                 raw.http_response.headers)
     if wants_json(request):
@@ -96,8 +137,9 @@ def complete(client: openai.OpenAI, request: dict) -> Completion:
     return completion
 
 
-def post_chat(client: openai.OpenAI, request: dict):
-    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response.
+def post_chat(client: openai.OpenAI | openai.AsyncOpenAI, request: dict):
+    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response
+    (a coroutine of it with an AsyncOpenAI client).
 
     The same client, auth, headers, timeout and status-to-exception mapping as
     `chat.completions.create`, without create's walk of every param against its typed-dict
@@ -107,7 +149,8 @@ def post_chat(client: openai.OpenAI, request: dict):
     """
     body = {k: v for k, v in request.items() if k not in _CREATE_OPTIONS}
     options = {name: request[key] for key, name in _CREATE_OPTIONS.items() if request.get(key) is not None}
-    return client.post("/chat/completions", body=body, options=options, cast_to=_RAW_RESPONSE)
+    raw = _RAW_ASYNC_RESPONSE if isinstance(client, openai.AsyncOpenAI) else _RAW_RESPONSE
+    return client.post("/chat/completions", body=body, options=options, cast_to=raw)
 
 
 def wants_json(request: dict) -> bool:
@@ -157,6 +200,12 @@ def parse_response(status: int, body: bytes, headers: Mapping[str, str]) -> Comp
     except ValueError as err:       # JSONDecodeError and UnicodeDecodeError both are
         raise BadResponseError(f"HTTP {status}: body is not JSON ({err})",
                                status=status, headers=kept) from err
+    return completion_from_body(data, status, kept)
+
+
+def completion_from_body(data: object, status: int = 200, kept: dict | None = None) -> Completion:
+    """A Completion from a decoded 2xx body (a Batch API result line holds one already decoded)."""
+    kept = kept or {}
     choice = _first_choice(data)
     if choice is None:
         raise BadResponseError(f"HTTP {status}: answer has no usable choices: {str(data):.200}",

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..state.checkpoint import list_checkpoints, safe_name
+from .batchview import mode_lines
 from .status import (LIVE_STATES, cells, clip, clip_middle, find_statuses, format_bytes, format_clock,
                      format_count, format_duration, live_state, pad, printable, read_status,
                      status_path)
@@ -43,7 +44,9 @@ def render_panel(status: dict, *, now: float | None = None, width: int = 80,
     now = time.time() if now is None else now
     state = live_state(status, now)
     lines = [*_title(status, state, now, width), *_progress(status, state, now, width),
-             *_workers(status, state, now, width), *_endpoints(status, state, now, width),
+             *_workers(status, state, now, width),
+             *(_endpoints(status, state, now, width) if status.get("via") != "batch" else []),
+             *mode_lines(status, width),
              *_output(status, output_rows, output_bytes, width),
              *_commands(status, state, checkpoint_dir, width)]
     return "\n".join(clip(line, width) for line in lines)
