@@ -48,6 +48,11 @@ def test_submitted_job_runs_to_the_end_and_no_response_holds_a_key(env, mock_ser
         texts = [client.get(p).text for p in ("/api/jobs", f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/summary",
                                               "/api/dashboard", "/metrics")]
         assert all(KEY not in t and "sk-" not in t for t in texts)
+        from prometheus_client.parser import text_string_to_metric_families
+        samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+                   for fam in text_string_to_metric_families(texts[-1]) for x in fam.samples}
+        assert samples[("mpdistill_rows_done_total", (("run", "job"),))] == 6
+        assert samples[("mpdistill_requests_total", (("endpoint", "default"), ("run", "job"), ("status_class", "2xx")))] == 6
         assert view["config"]["api_key"] == "(hidden)"
 
 
