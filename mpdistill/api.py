@@ -29,6 +29,8 @@ from .inputs.jsonl import JsonlSource, LineRange, python_rows
 from .report.hooks import on_finish, open_observers
 from .report.stats import format_summary
 from .report.status import status_path
+from .state.stopfile import wait_between_rounds
+from .state.writable import check_file, check_run_paths
 from .engine.worker import WorkerSpec
 from .engine.writer import Writer
 
@@ -115,6 +117,7 @@ def default_jobs(cfg: RunConfig) -> list[JobSpec]:
 
 def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int = 1) -> tuple[Job, ResumeInfo]:
     ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir, start=start)
+    check_file(ckpt.path, "checkpoint")
     output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
     fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
     info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
@@ -195,6 +198,8 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_
         source, total, input_path, base_dir = _open_source(cfg, rows)
         specs = jobs or default_jobs(cfg)
         first_key = getattr(source, "start", 1)
+        check_run_paths([s.output for s in specs], [_summary_path(specs)] + [
+            sibling(s.output, ".errors.jsonl") for s in specs], cfg.checkpoint_dir)
         opened = [_open_job(cfg, spec, input_path, first_key) for spec in specs]
         job_list = [job for job, _ in opened]
         for job in job_list:
@@ -207,7 +212,8 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                           image_max_side=cfg.image_max_side, base_dir=base_dir,
-                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode)
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode,
+                          max_response_bytes=cfg.max_response_bytes)
         keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
         observer = open_observers(cfg, stack)
         cache = _open_cache(cfg, base_dir, stack)
@@ -275,8 +281,10 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             return
         number += 1
         if cfg.delay:
-            announce(f"Next round in {cfg.delay:g} s (Ctrl-C to stop; the checkpoint is saved)")
-            time.sleep(cfg.delay)
+            announce(f"Next round in {cfg.delay:g} s (--stop or Ctrl-C to stop; the checkpoint is saved)")
+        if not wait_between_rounds(status_path(cfg.checkpoint_dir, safe_name(cfg.name)), cfg.delay):
+            announce(f"Stopped between rounds (--stop); round {number} starts when the same command is rerun")
+            return
 
 
 def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import RejectedError, TransientError
 from ..engine import retry
 from ..outputs import records
-from ..provider.client import completion_from_body, error_for_status, wants_json, with_extracted
+from ..provider.answer import completion_from_body, wants_json, with_extracted
+from ..provider.client import error_for_status
 from ..state.batches import BatchEntry
 from . import crash
 from .pack import key_of, row_of

@@ -93,7 +93,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("process", "thread", "async"),
                      help="how workers make calls: process (default; -p processes × -c threads), thread "
                           "(one process, -c threads), async (-p processes, each an event loop with -c calls)")
-    run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    run.add_argument("--timeout", type=float, help="total seconds per request, connect to last byte (default 120)")
+    run.add_argument("--max-response-bytes", type=int, help="a longer answer fails its row (default 16 MiB)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
     run.add_argument("--retry-max-delay", dest="retry_max", type=float, help="longest backoff in seconds (default 60)")

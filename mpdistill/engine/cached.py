@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import MpdistillError
 from ..outputs import records
-from ..provider.client import completion_from_body
+from ..provider.answer import completion_from_body
 from ..state.cache import CacheMissError, ResponseCache
 from .request import build_request
 

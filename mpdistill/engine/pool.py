@@ -160,8 +160,11 @@ class WorkerPool:
 
     def _replace(self, worker: _Worker) -> list[int]:
         lost = sorted(worker.tids)
-        log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
-                    worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        if lost or worker.process.exitcode != 0:
+            log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
+                        worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        else:  # SIGTERM: it answered what it held and left
+            log.info("worker %d (pid %s) exited; starting another", worker.slot, worker.process.pid)
         for tid in lost:
             self._owner.pop(tid, None)
         self._unwatch(worker)

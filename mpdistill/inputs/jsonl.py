@@ -19,6 +19,8 @@ from ..errors import InputFileError, RowFormatError
 log = logging.getLogger(__name__)
 
 ROW_FIELDS = ("id", "prompt", "images", "system", "messages", "custom_id", "method", "url", "body")
+# Request fields a prompt or messages row may carry; they are sent (and, like any field, kept in the output).
+REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
     if not raw.strip():
         return Blank(key, end_offset)
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        # A BOM (Windows editors write one) may open the file; anywhere else it is the row's problem.
+        obj = json.loads(raw.decode("utf-8-sig" if key == 1 else "utf-8"))
     except UnicodeDecodeError as err:
         return BadRow(key, None, f"line {key} is not valid UTF-8 ({err.reason} at byte {err.start})", end_offset)
     except json.JSONDecodeError as err:
@@ -159,13 +162,18 @@ def row_from_object(key: int, obj, system: str | None, end_offset: int | None = 
         messages = with_system(messages, row_system)
         if images:
             messages = _attach_images(messages, images)
-        return Row(key, rid, {"messages": messages}, _last_user_text(messages), tuple(images), extra, end_offset)
+        return Row(key, rid, _request(obj, messages), _last_user_text(messages), tuple(images), extra, end_offset)
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowFormatError(f"line {key}: no prompt or messages")
     content = prompt if not images else [{"type": "text", "text": prompt}] + _image_parts(images)
     messages = with_system([{"role": "user", "content": content}], row_system)
-    return Row(key, rid, {"messages": messages}, prompt, tuple(images), extra, end_offset)
+    return Row(key, rid, _request(obj, messages), prompt, tuple(images), extra, end_offset)
+
+
+def _request(obj: dict, messages: list) -> dict:
+    """The request of a prompt or messages row: its messages and the REQUEST_FIELDS it has."""
+    return {"messages": messages, **{k: obj[k] for k in REQUEST_FIELDS if k in obj}}
 
 
 def _batch_row(key, rid, obj, system, extra, end_offset) -> Row:

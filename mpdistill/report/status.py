@@ -12,7 +12,8 @@ from pathlib import Path
 from ..state.files import atomic_write
 
 STALE_AFTER_S = 15.0
-LIVE_STATES = ("running", "stopping", "waiting for input")
+# "waiting": between two --iterations rounds, until `next_round_at`.
+LIVE_STATES = ("running", "stopping", "waiting for input", "waiting")
 ELLIPSIS = "..."   # ASCII: "…" is double width in CJK terminals, which would break the layout
 
 
@@ -44,6 +45,13 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def waiting_status(last: dict, next_round_at: float, now: float | None = None) -> dict:
+    """The status between two rounds: the last round's figures, state `waiting` and the next start."""
+    now = time.time() if now is None else now
+    return {**last, "state": "waiting", "pid": os.getpid(), "updated_at": now, "next_round_at": next_round_at,
+            "in_flight": 0}
 
 
 def live_state(status: dict, now: float | None = None) -> str:
