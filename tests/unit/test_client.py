@@ -104,9 +104,10 @@ def test_think_block_is_split(server):
 
 @pytest.mark.parametrize("body", [b"not json{", b"", json.dumps({"error": {"message": "x"}}).encode(),
                                   json.dumps({"choices": []}).encode(),
-                                  json.dumps({"choices": [{"finish_reason": "stop"}]}).encode()])
+                                  json.dumps({"choices": [{"finish_reason": "stop"}]}).encode(),
+                                  b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n'])
 def test_unusable_2xx_is_bad_response(server, body):
-    """A 2xx that is not JSON or has no usable choice raises BadResponseError."""
+    """A 2xx that is not JSON (an SSE stream too) or has no usable choice raises BadResponseError."""
     with pytest.raises(errors.BadResponseError) as info:
         call(server, body=body)
     assert info.value.status == 200
