@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import MOCK_MODEL, RunConfig, build_config, read_env_file
+from ..config import build_config, read_env_file
 from ..state.files import safe_name
 from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
@@ -270,10 +270,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
         from ..state.stopfile import stop_command
         return stop_command(cfg, now=args.now)
     from .. import api
-    name = cfg.name
-    if not cfg.run_name and cfg.model == RunConfig.model and (cfg.mock or not api.resolve_endpoints(cfg)):
-        name = MOCK_MODEL   # the built-in mock answers as mock-model: name the log like its output
-    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=name)
+    from ..plan import log_name
+    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=log_name(cfg))
 
 
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:

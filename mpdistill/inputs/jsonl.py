@@ -232,7 +232,7 @@ def _last_user_text(messages: list) -> str | None:
 
 
 class JsonlSource:
-    """Rows of a JSONL file, read from a byte offset, one line at a time.
+    """Rows of a JSONL file, read from a byte offset, one line at a time (a `source.Source`).
 
     With `byte_range` = LineRange (a shard of a cluster job) only the lines that start inside the
     range are read, and they keep their line numbers in the whole file as keys.
@@ -241,6 +241,7 @@ class JsonlSource:
     def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20,
                  byte_range: LineRange | None = None) -> None:
         self.path = Path(path)
+        self.input_file = self.path
         self.system = system
         self.max_line_bytes = max_line_bytes
         self.range = byte_range
@@ -250,8 +251,14 @@ class JsonlSource:
         if not self.path.is_file():
             raise InputFileError(f"input file not found: {self.path}")
 
-    def count(self) -> int:
-        """Number of lines (for the progress total): one fast pass over the bytes."""
+    @property
+    def first_key(self) -> int:
+        return self.start
+
+    def count(self, follow: bool = False) -> int | None:
+        """Number of lines (for the progress total): one fast pass over the bytes; None when following."""
+        if follow:
+            return None
         if self.range is not None:
             return count_lines(self.path, self.range.begin, self.range.end)
         n, last = 0, b"\n"
@@ -300,6 +307,12 @@ class JsonlSource:
                     else:
                         yield parse_row(key, raw, self.system, ids, lines.offset)
                 key += 1
+
+    def status_fields(self) -> dict:
+        return {}
+
+    def checkpoint_fields(self) -> dict:
+        return {}
 
     def _open(self):
         try:
