@@ -70,10 +70,16 @@ class WorkerPool:
         self._selector = selectors.DefaultSelector()
 
     def start(self) -> None:
+        """Make the SDK clients workers inherit, and the first worker. The others are forked as
+        the load needs them (see `_pick`): the first request leaves after one fork, not 64."""
         if self._ctx.get_start_method() == "fork" and modes.inherits_clients(self.spec.mode):
             self._clients = preload(self.spec)
-        self._workers = [self._watch(_Worker(self._ctx, i, self.spec, self._clients))
-                         for i in range(self.processes)]
+        self._grow()
+
+    def _grow(self) -> _Worker:
+        worker = self._watch(_Worker(self._ctx, len(self._workers), self.spec, self._clients))
+        self._workers.append(worker)
+        return worker
 
     def _watch(self, worker: _Worker) -> _Worker:
         self._selector.register(worker.conn, selectors.EVENT_READ, worker)
@@ -121,6 +127,8 @@ class WorkerPool:
                 break
             if held < self.spec.concurrency and (best is None or held < load(best.slot)):
                 best = worker
+        if (best is None or best.tids) and n < self.processes:
+            return self._grow()   # every worker is busy and the pool may grow: a fresh one is least busy
         if best is None:
             raise RuntimeError("submit() called with no free slot")
         self._next = (best.slot + 1) % n
