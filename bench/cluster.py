@@ -130,12 +130,17 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=6400, help="rows of the latency workload")
     p.add_argument("--rps", type=float, default=50.0, help="R of the shared-budget workload")
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    p.add_argument("--ray-address", help="use this running Ray instead of starting a local one")
     args = p.parse_args(argv)
     chosen = {w.strip() for w in args.only.split(",")}
     load0 = os.getloadavg()[0]
     figures = []
     with tempfile.TemporaryDirectory(prefix="mpdistill-cluster-bench-") as tmp:
-        ray = Ray(Path(tmp) / "ray", cpus=SHARDS).start()
+        ray = Ray(Path(tmp) / "ray", cpus=SHARDS)
+        if args.ray_address:
+            ray.address = args.ray_address
+        else:
+            ray.start()
         try:
             if "7" in chosen:
                 (Path(tmp) / "w7").mkdir()
