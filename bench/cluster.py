@@ -31,7 +31,7 @@ from mpdistill.mock.server import MockServer  # noqa: E402
 from tests.cluster.engines import Ray  # noqa: E402  (the same way the tests start a local Ray)
 
 SHARDS = 8
-MARK_BEGIN, MARK_END = "<!-- cluster bench: begin -->", "<!-- cluster bench: end -->"
+TITLE = "## Cluster (bench/cluster.py)"   # bench/report.py keeps this section when run.py rewrites the file
 
 
 def _input(path: Path, rows: int) -> Path:
@@ -107,7 +107,7 @@ def budget_workload(ray: Ray, work: Path, rows: int, rps: float) -> list[dict]:
 
 def write_results(results: Path, figures: list[dict], load: tuple[float, float], note: str) -> None:
     """Replace the cluster section of RESULTS.md (the rest of the file is bench/run.py's)."""
-    lines = [MARK_BEGIN, "## Cluster (bench/cluster.py)", "",
+    lines = [TITLE, "",
              f"Made by `python bench/cluster.py` on {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: "
              f"8 shards as Ray tasks on a local Ray instance, the built-in mock server. {note}", "",
              f"Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}. This machine has 2 cores and "
@@ -117,10 +117,11 @@ def write_results(results: Path, figures: list[dict], load: tuple[float, float],
     for f in figures:
         lines.append(f"| {f['workload']} | {f['figure']} | {f['value']:.3f} | {f['target']} | "
                      f"{'yes' if f['met'] else 'NO'} | {f['detail']} |")
-    lines.append(MARK_END)
     text = results.read_text() if results.exists() else ""
-    if MARK_BEGIN in text:
-        text = text[:text.index(MARK_BEGIN)] + text[text.index(MARK_END) + len(MARK_END):].lstrip("\n")
+    if TITLE in text:
+        start = text.index(TITLE)
+        end = text.find("\n## ", start + len(TITLE))
+        text = text[:start] + (text[end + 1:] if end >= 0 else "")
     results.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
 
 
