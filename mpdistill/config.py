@@ -47,6 +47,7 @@ class RunConfig:
     image_roots: tuple[str, ...] = ()     # folders local images may come from, besides the input's
     max_image_bytes: int = 20 * 1024 * 1024
     max_line_bytes: int = 20 * 1024 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024   # a longer answer fails its row
     checkpoint_interval: int = 10
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "logs"
@@ -129,7 +130,8 @@ CONFIG_PY_NAMES = {
     "TEMPERATURE": "temperature", "TIMEOUT": "timeout", "MAX_RETRIES": "max_retries",
     "RETRY_BASE_DELAY": "retry_base", "RETRY_MAX_DELAY": "retry_max", "GRACE_PERIOD": "grace",
     "MAX_OUTAGE": "max_outage", "IMAGE_MAX_SIDE": "image_max_side",
-    "MAX_LINE_BYTES": "max_line_bytes", "IMAGE_ROOTS": "image_roots", "MAX_IMAGE_BYTES": "max_image_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
+    "MAX_LINE_BYTES": "max_line_bytes", "MAX_RESPONSE_BYTES": "max_response_bytes",
+    "IMAGE_ROOTS": "image_roots", "MAX_IMAGE_BYTES": "max_image_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
 }
 
 # environment variable → RunConfig field
@@ -231,7 +233,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Reject values no run can use, with a message naming the setting."""
     positive = {"processes": cfg.processes, "concurrency": cfg.concurrency,
                 "checkpoint_interval": cfg.checkpoint_interval, "timeout": cfg.timeout,
-                "max_line_bytes": cfg.max_line_bytes, "max_image_bytes": cfg.max_image_bytes}
+                "max_line_bytes": cfg.max_line_bytes, "max_image_bytes": cfg.max_image_bytes,
+                "max_response_bytes": cfg.max_response_bytes}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import MOCK_MODEL, RunConfig, build_config, read_env_file
+from ..config import build_config, read_env_file
 from ..state.files import safe_name
 from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
@@ -93,7 +93,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("process", "thread", "async"),
                      help="how workers make calls: process (default; -p processes × -c threads), thread "
                           "(one process, -c threads), async (-p processes, each an event loop with -c calls)")
-    run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    run.add_argument("--timeout", type=float, help="total seconds per request, connect to last byte (default 120)")
+    run.add_argument("--max-response-bytes", type=int, help="a longer answer fails its row (default 16 MiB)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
     run.add_argument("--retry-max-delay", dest="retry_max", type=float, help="longest backoff in seconds (default 60)")
@@ -269,10 +270,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
         from ..state.stopfile import stop_command
         return stop_command(cfg, now=args.now)
     from .. import api
-    name = cfg.name
-    if not cfg.run_name and cfg.model == RunConfig.model and (cfg.mock or not api.resolve_endpoints(cfg)):
-        name = MOCK_MODEL   # the built-in mock answers as mock-model: name the log like its output
-    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=name)
+    from ..plan import log_name
+    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=log_name(cfg))
 
 
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:

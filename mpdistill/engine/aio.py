@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import signal
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
-        completion = await client.acomplete(api, request)
+        completion = await client.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start))
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
@@ -44,7 +45,8 @@ class _AsyncWorker:
     def client_for(self, name: str) -> Any:
         if name not in self.clients:
             self.clients[name] = client.make_async_client(self.endpoints[name], self.spec.timeout,
-                                                          connections=self.spec.concurrency)
+                                                          connections=self.spec.concurrency,
+                                                          max_response_bytes=self.spec.max_response_bytes)
         return self.clients[name]
 
     def on_readable(self) -> None:
@@ -54,9 +56,7 @@ class _AsyncWorker:
         except (EOFError, OSError):
             task = None   # the manager is gone: nothing left to do
         if task is None:
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            if not self.stopped.done():
-                self.stopped.set_result(None)
+            self.stop()
             return
         call = asyncio.ensure_future(self.call(task))
         self.running.add(call)
@@ -74,10 +74,17 @@ class _AsyncWorker:
         except (BrokenPipeError, OSError):
             os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
 
+    def stop(self) -> None:
+        """Take no more tasks (None from the manager, or SIGTERM); `serve` ends after the running calls."""
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
         loop.add_reader(self.conn.fileno(), self.on_readable)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
         await self.stopped
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)

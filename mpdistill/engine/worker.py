@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..provider import client
+from ..provider.answer import Completion
 from ..inputs import images
 from ..provider.endpoint import Endpoint
 from ..errors import MpdistillError, TransientError, to_info
@@ -33,6 +34,7 @@ class WorkerSpec:
     mode: str = "process"   # process | thread | async (see engine.modes)
     image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
     max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
+    max_response_bytes: int | None = client.DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def image_policy(self) -> images.ImagePolicy:
@@ -54,7 +56,7 @@ class Outcome:
     """What came of a task: a completion, or an error described as plain data."""
 
     tid: int
-    completion: client.Completion | None
+    completion: Completion | None
     error: dict | None
     latency_s: float
 
@@ -64,7 +66,8 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
-        completion = client.complete(api, request)
+        left = spec.timeout - (time.monotonic() - start)   # reading images counts in the deadline
+        completion = client.complete(api, request, timeout=left)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
@@ -105,7 +108,8 @@ class _Clients:
         with self._lock:
             if name not in self._clients:
                 self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout,
-                                                         connections=self._spec.concurrency)
+                                                         connections=self._spec.concurrency,
+                                                         max_response_bytes=self._spec.max_response_bytes)
             return self._clients[name]
 
 
@@ -140,6 +144,8 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
             tasks.put(task)
     except (EOFError, OSError):
         pass  # the manager is gone: nothing left to do
+    except _Terminated:
+        pass  # SIGTERM: take no more tasks; the threads answer those already taken
     for _ in threads:
         tasks.put(None)
     for thread in threads:
@@ -151,11 +157,23 @@ def serve_signals() -> None:
     manager, and exit when the manager dies.
 
     Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
-    calls may finish, so workers ignore it. SIGTERM keeps its default: it ends a worker.
+    calls may finish, so workers ignore it. SIGTERM (to this worker, or to the whole group, as
+    Slurm and systemd send it) ends the worker once the calls it holds are answered; a forked
+    worker must not keep the manager's handler, which logs the manager's shutdown message.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _finish_and_exit)
     _yield_to_manager()
     _watch_parent(os.getppid())
+
+
+class _Terminated(Exception):
+    """SIGTERM reached this worker: it takes no more tasks, answers those it holds, then exits."""
+
+
+def _finish_and_exit(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the worker at once
+    raise _Terminated
 
 
 def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:

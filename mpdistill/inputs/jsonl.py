@@ -19,6 +19,8 @@ from ..errors import InputFileError, RowFormatError
 log = logging.getLogger(__name__)
 
 ROW_FIELDS = ("id", "prompt", "images", "system", "messages", "custom_id", "method", "url", "body")
+# Request fields a prompt or messages row may carry; they are sent (and, like any field, kept in the output).
+REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
     if not raw.strip():
         return Blank(key, end_offset)
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        # A BOM (Windows editors write one) may open the file; anywhere else it is the row's problem.
+        obj = json.loads(raw.decode("utf-8-sig" if key == 1 else "utf-8"))
     except UnicodeDecodeError as err:
         return BadRow(key, None, f"line {key} is not valid UTF-8 ({err.reason} at byte {err.start})", end_offset)
     except json.JSONDecodeError as err:
@@ -159,13 +162,18 @@ def row_from_object(key: int, obj, system: str | None, end_offset: int | None = 
         messages = with_system(messages, row_system)
         if images:
             messages = _attach_images(messages, images)
-        return Row(key, rid, {"messages": messages}, _last_user_text(messages), tuple(images), extra, end_offset)
+        return Row(key, rid, _request(obj, messages), _last_user_text(messages), tuple(images), extra, end_offset)
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowFormatError(f"line {key}: no prompt or messages")
     content = prompt if not images else [{"type": "text", "text": prompt}] + _image_parts(images)
     messages = with_system([{"role": "user", "content": content}], row_system)
-    return Row(key, rid, {"messages": messages}, prompt, tuple(images), extra, end_offset)
+    return Row(key, rid, _request(obj, messages), prompt, tuple(images), extra, end_offset)
+
+
+def _request(obj: dict, messages: list) -> dict:
+    """The request of a prompt or messages row: its messages and the REQUEST_FIELDS it has."""
+    return {"messages": messages, **{k: obj[k] for k in REQUEST_FIELDS if k in obj}}
 
 
 def _batch_row(key, rid, obj, system, extra, end_offset) -> Row:
@@ -224,7 +232,7 @@ def _last_user_text(messages: list) -> str | None:
 
 
 class JsonlSource:
-    """Rows of a JSONL file, read from a byte offset, one line at a time.
+    """Rows of a JSONL file, read from a byte offset, one line at a time (a `source.Source`).
 
     With `byte_range` = LineRange (a shard of a cluster job) only the lines that start inside the
     range are read, and they keep their line numbers in the whole file as keys.
@@ -233,6 +241,7 @@ class JsonlSource:
     def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20,
                  byte_range: LineRange | None = None) -> None:
         self.path = Path(path)
+        self.input_file = self.path
         self.system = system
         self.max_line_bytes = max_line_bytes
         self.range = byte_range
@@ -242,8 +251,14 @@ class JsonlSource:
         if not self.path.is_file():
             raise InputFileError(f"input file not found: {self.path}")
 
-    def count(self) -> int:
-        """Number of lines (for the progress total): one fast pass over the bytes."""
+    @property
+    def first_key(self) -> int:
+        return self.start
+
+    def count(self, follow: bool = False) -> int | None:
+        """Number of lines (for the progress total): one fast pass over the bytes; None when following."""
+        if follow:
+            return None
         if self.range is not None:
             return count_lines(self.path, self.range.begin, self.range.end)
         n, last = 0, b"\n"
@@ -292,6 +307,12 @@ class JsonlSource:
                     else:
                         yield parse_row(key, raw, self.system, ids, lines.offset)
                 key += 1
+
+    def status_fields(self) -> dict:
+        return {}
+
+    def checkpoint_fields(self) -> dict:
+        return {}
 
     def _open(self):
         try:

@@ -1,5 +1,6 @@
-"""The live status file of a run (rewritten atomically about once a second), its live state,
-and the small text helpers the status views share (durations, sizes, terminal cell widths).
+"""The live status file of a run (built from the run's facts, rewritten atomically about once a
+second), its live state, and the small text helpers the status views share (durations, sizes,
+terminal cell widths).
 """
 from __future__ import annotations
 
@@ -12,12 +13,26 @@ from pathlib import Path
 from ..state.files import atomic_write
 
 STALE_AFTER_S = 15.0
-LIVE_STATES = ("running", "stopping", "waiting for input")
+# "waiting": between two --iterations rounds, until `next_round_at`.
+LIVE_STATES = ("running", "stopping", "waiting for input", "waiting")
 ELLIPSIS = "..."   # ASCII: "…" is double width in CJK terminals, which would break the layout
 
 
 def status_path(checkpoint_dir: str | Path, safe_run_name: str) -> Path:
     return Path(checkpoint_dir) / f"{safe_run_name}_status.json"
+
+
+def status_record(view) -> dict:
+    """The status file's content for a `RunView` (see `engine.view`): counts, rates, ETA, workers."""
+    total, done, rate = view.total, view.done, view.rows_per_s
+    eta = (total - done) / rate if total is not None and rate > 0 and total >= done else None
+    return {"run": view.run, "state": view.state, "pid": view.pid, "started_at": view.started_at,
+            "updated_at": view.updated_at, "input": view.input, "output": view.output,
+            "total": total, "done": done, "ok": view.ok, "failed": view.failed, "in_flight": view.in_flight,
+            "retry_waiting": view.retry_waiting, "rows_per_s": round(rate, 3), "eta_s": eta,
+            "elapsed_s": round(view.elapsed_s, 3),
+            "models": {j.alias: {"done": j.done, "ok": j.ok, "failed": j.failed} for j in view.jobs},
+            "workers": list(view.workers), "endpoints": list(view.endpoints), **view.source}
 
 
 def write_status(path: Path, status: dict) -> None:
@@ -44,6 +59,13 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def waiting_status(last: dict, next_round_at: float, now: float | None = None) -> dict:
+    """The status between two rounds: the last round's figures, state `waiting` and the next start."""
+    now = time.time() if now is None else now
+    return {**last, "state": "waiting", "pid": os.getpid(), "updated_at": now, "next_round_at": next_round_at,
+            "in_flight": 0}
 
 
 def live_state(status: dict, now: float | None = None) -> str:

@@ -9,7 +9,7 @@ import logging
 import os
 import subprocess
 
-from ... import api
+from ... import plan
 from ..budget import ACTOR_VAR, RAY_ADDRESS_VAR, public_endpoint
 from ..ray_budget import NAMESPACE, actor_name, import_ray, start_actor
 from .base import Executor
@@ -69,7 +69,7 @@ class RayExecutor(Executor):
         if self.options.budget_share is not None:
             return share
         cfg = self.job.shard_config(0)
-        endpoints = () if cfg.mock else api.resolve_endpoints(cfg)
+        endpoints = () if cfg.mock else plan.resolve_endpoints(cfg)
         if not endpoints:
             return share   # each shard starts its own built-in mock: nothing to share
         self._actor = start_actor(ray, self.job, [public_endpoint(e) for e in endpoints])

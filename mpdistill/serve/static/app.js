@@ -152,7 +152,9 @@ function updateEndpoints(tbody, st) {
   const rows = (st.endpoints || []).map((ep) => {
     const c = counts[ep.name] || {};
     const [h, cls] = health(ep);
-    const limit = ep.current_rpm !== null && ep.current_rpm !== undefined ? num(ep.current_rpm) : (ep.rpm ? num(ep.rpm) : "∞");
+    // The limit the key pool applies now (it starts low and adapts to 429s), and the configured one.
+    const current = ep.current_rpm !== null && ep.current_rpm !== undefined ? num(ep.current_rpm) : null;
+    const limit = !ep.rpm ? (current || "∞") : (current && current !== num(ep.rpm) ? `${current} (max ${num(ep.rpm)})` : num(ep.rpm));
     return [[ep.name], [h, cls], [num(ep.in_flight)], [`${num(c.rpm_now)} / ${limit}`], [num(ep.rate_limited)],
             [ago(c.last_429_at)], [num(ep.errors)], [ep.disabled ? `${ep.name}: ${ep.disabled_reason || "disabled"}` : "-"]];
   });
