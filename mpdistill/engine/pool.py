@@ -127,7 +127,7 @@ class WorkerPool:
                 break
             if held < self.spec.concurrency and (best is None or held < load(best.slot)):
                 best = worker
-        if (best is None or best.tids) and n < self.processes:
+        if (best is None or load(best.slot)) and n < self.processes:
             return self._grow()   # every worker is busy and the pool may grow: a fresh one is least busy
         if best is None:
             raise RuntimeError("submit() called with no free slot")
