@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import InputFileError, RowFormatError
+from ..lines import count_lines
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +262,7 @@ class JsonlSource:
             return None
         if self.range is not None:
             return count_lines(self.path, self.range.begin, self.range.end)
-        n, last = 0, b"\n"
-        with open(self.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                n += chunk.count(b"\n")
-                last = chunk[-1:]
-        return n + (last != b"\n")
+        return count_lines(self.path)
 
     def rows(self, start: tuple[int, int] | None = None,
              is_done: Callable[[int], bool] = lambda key: False,
@@ -357,21 +353,6 @@ class LineRange:
     begin: int
     end: int
     first_line: int
-
-
-def count_lines(path: Path, begin: int = 0, end: int | None = None) -> int:
-    """Lines that start in bytes [begin, end) of `path` (`begin` at a line start; a last line may lack its \n)."""
-    n, last, left = 0, b"\n", None if end is None else end - begin
-    with open(path, "rb") as f:
-        f.seek(begin)
-        while left is None or left > 0:
-            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
-            if not chunk:
-                break
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-            left = None if left is None else left - len(chunk)
-    return n + (last != b"\n")
 
 
 class _LineReader:

@@ -221,10 +221,6 @@ class CheckpointManager:
 
     # --- counters and saving ---------------------------------------------------------------
 
-    def add_elapsed(self, seconds: float) -> None:
-        """Add run time to the total accumulated across runs."""
-        self.elapsed += seconds
-
     def record(self, *, output_offset: int, errors_offset: int, ok: int = 0, failed: int = 0,
                rows: int = 0) -> bool:
         """Note what an fsync covered; save once `save_interval` rows were recorded. True if saved."""
