@@ -118,7 +118,9 @@ MISSES: dict[str, dict[str, str]] = {
             "parsed, recorded and fsynced on 2 cores shared with other work; async mode spends its CPU in "
             "the SDK's asyncio path (AsyncOpenAI → httpx2 → anyio), process mode in 64 processes waking "
             "for every row. On a busy machine the manager and the workers lose their turns on the CPU and "
-            "the in-flight count is not refilled as fast as answers come back."),
+            "the in-flight count is not refilled as fast as answers come back; and the kernel shares the "
+            "CPUs per runnable thread, so among dozens of other engineers' processes a 3-process async "
+            "tree gets a far smaller share than a 65-process pool (the async figure falls first)."),
         "move": "An idle machine; or fewer answers per second per core (more cores, or a longer-latency server).",
     },
     "w8-": {
