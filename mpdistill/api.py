@@ -15,19 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .state.checkpoint import CheckpointManager, safe_name
-from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig, sibling
+from .state.checkpoint import CheckpointManager, checkpoint_path
+from .config import MOCK_MODEL, SAMPLE_INPUT, OutputFiles, RunConfig
 from .provider.endpoint import Endpoint
 from .provider.registry import endpoints_from_env, load_endpoints, select_pool
 from .errors import ConfigError
 from .state.files import atomic_write
+from .state.lock import OutputLock, refuse_input_as_output
 from .engine.keypool import KeyPool
 from .logs import register_secrets
 from .state.resume import ResumeInfo, config_fingerprint, prepare
 from .engine.runner import Job, Runner
-from .inputs.jsonl import JsonlSource, python_rows
+from .inputs.jsonl import JsonlSource, identity_lookup, python_rows
 from .report.stats import format_summary
-from .report.status import status_path
 from .engine.worker import WorkerSpec
 from .engine.writer import Writer
 
@@ -102,6 +102,18 @@ class JobSpec:
     system: str | None = None
     prices: tuple[float | None, float | None] | None = None   # per million input / output tokens
 
+    def files(self, checkpoint_dir: str | os.PathLike) -> OutputFiles:
+        """The files derived from this job's output (errors, lock, sidecar, checkpoint …)."""
+        return OutputFiles(Path(self.output), Path(checkpoint_dir))
+
+
+def lock_outputs(cfg: RunConfig, specs: list[JobSpec], stack: ExitStack) -> None:
+    """Before anything is read or written: refuse an output that is the input, lock every output."""
+    files = [spec.files(cfg.checkpoint_dir) for spec in specs]
+    refuse_input_as_output(cfg.input, [p for f in files for p in (f.output, f.errors)])
+    for f in files:
+        stack.enter_context(OutputLock(f.lock, f.output))
+
 
 def default_jobs(cfg: RunConfig) -> list[JobSpec]:
     """The single job of a plain run: the config's model, output and params."""
@@ -112,14 +124,21 @@ def default_jobs(cfg: RunConfig) -> list[JobSpec]:
     return [JobSpec(cfg.name, cfg.model, cfg.output_path, params, cfg.system)]
 
 
-def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int = 1) -> tuple[Job, ResumeInfo]:
-    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir, start=start)
-    output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
-    fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
-    info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
-                   retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields),
-                   rounds=cfg.iterations != 1)
-    writer = Writer(output, errors, ckpt, output_format=cfg.output_format)
+def job_fields(cfg: RunConfig, spec: JobSpec) -> dict:
+    """The settings of a job that change its answers (its output's job record holds them)."""
+    return {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
+
+
+def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int = 1,
+              lookup=None) -> tuple[Job, ResumeInfo]:
+    files = spec.files(cfg.checkpoint_dir)
+    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, start=start, path=files.checkpoint)
+    fields = job_fields(cfg, spec)
+    info = prepare(ckpt, files, input_path=input_path, job={**fields, "output_format": cfg.output_format},
+                   fingerprint=config_fingerprint(fields), restart=cfg.restart, retry_failed=cfg.retry_failed,
+                   rounds=cfg.iterations != 1, legacy=checkpoint_path(spec.alias, cfg.checkpoint_dir),
+                   lookup=lookup, resume_by_id=cfg.resume_by_id)
+    writer = Writer(files.output, files.errors, ckpt, output_format=cfg.output_format)
     job = Job(spec.alias, spec.model, writer, ckpt, dict(spec.params), system=spec.system, prices=spec.prices)
     return job, info
 
@@ -181,10 +200,12 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         register_secrets(e.api_key for e in cfg.endpoints)
         if rows is None:
             cfg = _with_input(cfg, announce)
-        source, total, input_path, base_dir = _open_source(cfg, rows)
         specs = jobs or default_jobs(cfg)
+        lock_outputs(cfg, specs, stack)
+        source, total, input_path, base_dir = _open_source(cfg, rows)
         first_key = getattr(source, "start", 1)
-        opened = [_open_job(cfg, spec, input_path, first_key) for spec in specs]
+        lookup = identity_lookup(source, rows)
+        opened = [_open_job(cfg, spec, input_path, first_key, lookup) for spec in specs]
         job_list = [job for job, _ in opened]
         for job in job_list:
             stack.callback(job.writer.close)
@@ -230,7 +251,7 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
         if rounds:
             announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
         yield Runner(cfg, jobs, row_iter, keypool, spec, total=total, source=source,
-                     status_file=status_path(cfg.checkpoint_dir, safe_name(cfg.name)),
+                     status_file=cfg.status_path,
                      elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last)
         if last:
             return
@@ -245,7 +266,7 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
     done_before = runner.already_done
     summary = runner.summary(state, done_before)
     summary["output"] = str(specs[0].output)
-    summary["errors"] = str(sibling(specs[0].output, ".errors.jsonl"))
+    summary["errors"] = str(OutputFiles(specs[0].output).errors)
     if runner.iteration is not None:
         summary["iteration"] = runner.iteration
     summary_path = _summary_path(specs)
@@ -261,7 +282,7 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
 def _summary_path(specs: list[JobSpec]) -> Path:
     """Beside the output; for several models, in the folder their outputs share."""
     if len(specs) == 1:
-        return sibling(specs[0].output, ".summary.json")
+        return OutputFiles(specs[0].output).summary
     common = Path(os.path.commonpath([str(s.output.resolve().parent) for s in specs]))
     return common / "summary.json"
 

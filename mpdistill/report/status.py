@@ -4,20 +4,22 @@ and the small text helpers the status views share (durations, sizes, terminal ce
 from __future__ import annotations
 
 import json
-import os
 import time
 import unicodedata
 from pathlib import Path
 
 from ..state.files import atomic_write
+from ..state.lock import pid_alive
 
 STALE_AFTER_S = 15.0
 LIVE_STATES = ("running", "stopping", "waiting for input")
 ELLIPSIS = "..."   # ASCII: "…" is double width in CJK terminals, which would break the layout
 
 
-def status_path(checkpoint_dir: str | Path, safe_run_name: str) -> Path:
-    return Path(checkpoint_dir) / f"{safe_run_name}_status.json"
+def status_path(checkpoint_dir: str | Path, run_name: str) -> Path:
+    """The status file of a run (named by `config.status_path`, its one owner)."""
+    from ..config import status_path as named
+    return named(checkpoint_dir, run_name)
 
 
 def write_status(path: Path, status: dict) -> None:
@@ -32,18 +34,6 @@ def read_status(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def live_state(status: dict, now: float | None = None) -> str:
