@@ -33,7 +33,7 @@ def _call(job: tuple[str, str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("input")
     parser.add_argument("output")
     parser.add_argument("--base-url", required=True)

@@ -31,7 +31,7 @@ WORKLOADS = {"1": workloads.latency_bound, "2": workloads.overhead, "3": workloa
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="mpdistill benchmarks")
+    parser = argparse.ArgumentParser(description="mpdistill benchmarks", allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="smaller workloads (< 3 min)")
     parser.add_argument("--only", default="", help="comma-separated workload numbers, e.g. 1,2")
     parser.add_argument("--work-dir", type=Path, default=HERE / "out", help="scratch folder (default bench/out)")

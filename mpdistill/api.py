@@ -27,6 +27,7 @@ from .logs import register_secrets
 from .state.resume import ResumeInfo, config_fingerprint, prepare
 from .engine.runner import Job, Runner
 from .inputs.jsonl import JsonlSource, identity_lookup, python_rows
+from .report.hooks import on_finish, open_observers
 from .report.stats import format_summary
 from .engine.worker import WorkerSpec
 from .engine.writer import Writer
@@ -193,8 +194,15 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
+    After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
     """
-    announce = announce or log.info
+    summary = _run(cfg, rows, jobs, job_endpoints, announce or log.info, progress)
+    if cfg.on_finish and summary is not None:
+        summary = on_finish(cfg.on_finish, summary)
+    return summary
+
+
+def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
     with ExitStack() as stack:
         cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
         register_secrets(e.api_key for e in cfg.endpoints)
@@ -216,10 +224,13 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         if total is not None and all(0 < info.done >= total for _, info in opened):
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
-                          image_max_side=cfg.image_max_side, base_dir=base_dir)
+                          image_max_side=cfg.image_max_side, base_dir=base_dir,
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes)
         keypool = KeyPool(list(cfg.endpoints))
+        observer = open_observers(cfg, stack)
+        cache = _open_cache(cfg, base_dir, stack)
         summary = None
-        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce):
+        for runner in _rounds(cfg, job_list, source, rows, keypool, spec, total, announce, observer, cache):
             bar = _ProgressBar(total * len(job_list) if total is not None else None,
                                sum(j.checkpoint.processed_count for j in job_list),
                                cfg.progress if progress is None else progress)
@@ -235,7 +246,31 @@ def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpe
         return summary
 
 
-def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce):
+def _open_cache(cfg: RunConfig, base_dir, stack: ExitStack):
+    """The response cache of the run (--cache), or None."""
+    if cfg.cache is None:
+        return None
+    from .engine.cached import RunCache
+    from .state.cache import ResponseCache, cache_path
+    cache = ResponseCache(cache_path(cfg.cache, cfg.checkpoint_dir), base_dir=base_dir,
+                          image_max_side=cfg.image_max_side, sampled=cfg.cache_sampled, only=cfg.cache_only)
+    run_cache = RunCache(cache.open(), cfg.explode_samples)
+    stack.callback(run_cache.close)
+    return run_cache
+
+
+def _runner_class(cfg: RunConfig, jobs: list[Job]):
+    """The online manager loop, or the Batch API one (--via batch)."""
+    if cfg.via != "batch":
+        return Runner
+    if len(jobs) != 1:
+        raise ConfigError("--via batch runs one model at a time; give each model its own run")
+    from .batch.runner import BatchRunner
+    return BatchRunner
+
+
+def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total, announce, observer=None,
+            cache=None):
     """One Runner per round over the input: once, or --iterations times with --delay between."""
     rounds = cfg.iterations != 1
     number = int(jobs[0].checkpoint.meta.get("iteration") or 1) if rounds else None
@@ -250,9 +285,10 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             row_iter = python_rows(rows, is_done)
         if rounds:
             announce(f"Round {number}" + (f" of {cfg.iterations}" if cfg.iterations else ""))
-        yield Runner(cfg, jobs, row_iter, keypool, spec, total=total, source=source,
+        yield _runner_class(cfg, jobs)(cfg, jobs, row_iter, keypool, spec, total=total, source=source, cache=cache,
                      status_file=cfg.status_path,
-                     elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last)
+                     elapsed_before=max(j.checkpoint.elapsed for j in jobs), iteration=number, last_round=last,
+                     observer=observer)
         if last:
             return
         number += 1
@@ -270,6 +306,7 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
     if runner.iteration is not None:
         summary["iteration"] = runner.iteration
     summary_path = _summary_path(specs)
+    summary["run"], summary["summary"] = runner.cfg.name, str(summary_path)
     _write_summary(summary_path, summary)
     announce(format_summary(summary))
     if len(specs) > 1:
@@ -280,10 +317,14 @@ def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:
 
 
 def _summary_path(specs: list[JobSpec]) -> Path:
-    """Beside the output; for several models, in the folder their outputs share."""
-    if len(specs) == 1:
-        return OutputFiles(specs[0].output).summary
-    common = Path(os.path.commonpath([str(s.output.resolve().parent) for s in specs]))
+    return summary_path([s.output for s in specs])
+
+
+def summary_path(outputs: list[Path]) -> Path:
+    """Where a run's summary goes: beside the output; for several models, in the folder their outputs share."""
+    if len(outputs) == 1:
+        return OutputFiles(Path(outputs[0])).summary
+    common = Path(os.path.commonpath([str(Path(o).resolve().parent) for o in outputs]))
     return common / "summary.json"
 
 

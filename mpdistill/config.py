@@ -42,6 +42,8 @@ class RunConfig:
     concurrency: int = 1
     limit: int | None = None
     image_max_side: int | None = None
+    image_roots: tuple[str, ...] = ()     # folders local images may come from, besides the input's
+    max_image_bytes: int = 20 * 1024 * 1024
     max_line_bytes: int = 20 * 1024 * 1024
     checkpoint_interval: int = 10
     checkpoint_dir: str = "checkpoints"
@@ -68,6 +70,23 @@ class RunConfig:
     iterations: int = 1          # rounds over the same input; 0 = until stopped
     delay: float = 0.0           # seconds between rounds
     resume_by_id: bool = False   # resume an edited input: run exactly the rows whose ids are not done
+    metrics_port: int | None = None  # serve Prometheus /metrics from the run itself on this port
+    metrics_host: str = "127.0.0.1"
+    trace: str | None = None         # otlp: one OpenTelemetry span per request
+    trace_content: bool = False      # put prompt and answer text into the spans
+    endpoint_logs: bool = True       # logs/<run>/<endpoint>.log: one line per request
+    on_finish: str | None = None     # shell command run when the run ends
+    via: str = "online"          # online (the worker pool) | batch (the provider's Batch API)
+    batch_max_requests: int = 50_000            # requests per batch input file
+    batch_max_bytes: int = 200 * 1024 * 1024    # bytes per batch input file
+    batch_max_in_flight: int = 10    # open batches per endpoint (endpoints YAML: batch_max_in_flight)
+    batch_max_tokens: int | None = None   # enqueued tokens per endpoint (endpoints YAML: batch_max_tokens)
+    batch_poll: float = 30.0         # seconds between polls of one batch
+    batch_price: float = 0.5         # batch price as a share of the model's price, for the summary's cost
+    cancel_batches: bool = False     # cancel the open batches, collect what they answered, submit nothing
+    cache: str | None = None         # response cache (SQLite file); None: off
+    cache_only: bool = False         # answer from the cache only; misses fail
+    cache_sampled: bool = False      # cache requests with temperature > 0 too
 
     @property
     def name(self) -> str:
@@ -165,7 +184,7 @@ CONFIG_PY_NAMES = {
     "TEMPERATURE": "temperature", "TIMEOUT": "timeout", "MAX_RETRIES": "max_retries",
     "RETRY_BASE_DELAY": "retry_base", "RETRY_MAX_DELAY": "retry_max", "GRACE_PERIOD": "grace",
     "MAX_OUTAGE": "max_outage", "IMAGE_MAX_SIDE": "image_max_side",
-    "MAX_LINE_BYTES": "max_line_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
+    "MAX_LINE_BYTES": "max_line_bytes", "IMAGE_ROOTS": "image_roots", "MAX_IMAGE_BYTES": "max_image_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
 }
 
 # environment variable → RunConfig field
@@ -195,6 +214,8 @@ def coerce(name: str, value: Any, where: str) -> Any:
             return float(value)
         if kind == "bool":
             return _as_bool(value)
+        if kind.startswith("tuple[str"):
+            return _strings(value)
         if kind.startswith("str"):
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError(value)
@@ -202,6 +223,14 @@ def coerce(name: str, value: Any, where: str) -> Any:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {name} has a wrong value {value!r} (expected {kind})") from err
     return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings (or one string) as a tuple, so the frozen config holds no mutable list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(value)
+    return tuple(items)
 
 
 def _as_bool(value: Any) -> bool:
@@ -257,7 +286,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Reject values no run can use, with a message naming the setting."""
     positive = {"processes": cfg.processes, "concurrency": cfg.concurrency,
                 "checkpoint_interval": cfg.checkpoint_interval, "timeout": cfg.timeout,
-                "max_line_bytes": cfg.max_line_bytes}
+                "max_line_bytes": cfg.max_line_bytes, "max_image_bytes": cfg.max_image_bytes}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
@@ -271,9 +300,39 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"response_format must be text or json (got {cfg.response_format!r})")
     if cfg.iterations < 0 or cfg.delay < 0:
         raise ConfigError("iterations and delay must be >= 0")
+    for root in cfg.image_roots:
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"image_roots: {root} is not a folder")
+    _check_batch(cfg)
+    if (cfg.cache_only or cfg.cache_sampled) and cfg.cache is None:
+        raise ConfigError("--cache-only and --cache-sampled need --cache")
     if cfg.max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0 (got {cfg.max_retries})")
+    if cfg.trace not in (None, "otlp"):
+        raise ConfigError(f"trace must be otlp (got {cfg.trace!r})")
+    if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port must be a port number 0-65535 (got {cfg.metrics_port})")
     return cfg
+
+
+def _check_batch(cfg: RunConfig) -> None:
+    if cfg.via not in ("online", "batch"):
+        raise ConfigError(f"via must be online or batch (got {cfg.via!r})")
+    if cfg.cancel_batches and cfg.via != "batch":
+        raise ConfigError("--cancel-batches needs --via batch")
+    if cfg.via != "batch":
+        return
+    if cfg.follow or cfg.iterations != 1:
+        raise ConfigError("--via batch runs the input once: it cannot be combined with --follow or --iterations")
+    if cfg.output_format != "mpdistill":
+        raise ConfigError("--via batch writes mpdistill output lines; leave out --output-format")
+    for key in ("batch_max_requests", "batch_max_bytes", "batch_max_in_flight", "batch_poll"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0 (got {getattr(cfg, key)})")
+    if cfg.batch_max_tokens is not None and cfg.batch_max_tokens <= 0:
+        raise ConfigError(f"batch_max_tokens must be > 0 (got {cfg.batch_max_tokens})")
+    if not 0 <= cfg.batch_price:
+        raise ConfigError(f"batch_price must be >= 0 (got {cfg.batch_price})")
 
 
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
@@ -286,6 +345,8 @@ def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str]
     merged.update(check_values(yaml_values or {}, "YAML config"))
     merged.update(env_values(os.environ if env is None else env))
     merged.update({k: v for k, v in (cli or {}).items() if v is not None})
+    if "image_roots" in merged:
+        merged["image_roots"] = coerce("image_roots", merged["image_roots"], "image roots")
     unknown = set(merged) - set(_FIELDS)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")

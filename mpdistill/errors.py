@@ -15,7 +15,8 @@
     │   │   ├── ConnectError        no connection to the endpoint
     │   │   ├── RateLimitError      429: cool the endpoint down
     │   │   ├── ServerError         408, 409, 5xx
-    │   │   └── BadResponseError    a 2xx that cannot be used (malformed JSON, no choices)
+    │   │   ├── BadResponseError    a 2xx that cannot be used (malformed JSON, no choices)
+    │   │   └── WorkerLostError     the worker process died during the call
     │   ├── RejectedError           400, 404, 422 and other 4xx: the row fails at once
     │   └── AuthError               401, 403: that key is disabled
     ├── CheckpointError             a checkpoint file that cannot or must not be loaded
@@ -100,6 +101,10 @@ class BadResponseError(TransientError):
     """A 2xx answer that cannot be used: malformed JSON, no choices, unparsable structured answer."""
 
 
+class WorkerLostError(TransientError):
+    """The worker process died holding the call (killed, or crashed on this row)."""
+
+
 class RejectedError(CallError):
     """HTTP 400/404/422 (and other 4xx): the request itself is wrong; the row fails."""
 
@@ -122,7 +127,7 @@ class RunAbortedError(MpdistillError):
 
 _CALL_ERRORS = {cls.__name__: cls for cls in (
     CallError, TransientError, CallTimeoutError, ConnectError, RateLimitError, ServerError,
-    BadResponseError, RejectedError, AuthError, RowError, RowFormatError, ImageError)}
+    BadResponseError, WorkerLostError, RejectedError, AuthError, RowError, RowFormatError, ImageError)}
 
 
 def to_info(err: MpdistillError) -> dict:

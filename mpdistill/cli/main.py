@@ -21,12 +21,19 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_REPAIRED = 0, 1, 2, 3, 4
 EXIT_ABORTED, EXIT_INTERRUPTED = 75, 130
+EXIT_ON_FINISH_FAILED = 5
 COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export",
-            "split", "merge")
+            "split", "merge", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with our usage code, 2, and one clear line."""
+    """argparse that exits with our usage code, 2, and one clear line, and never guesses a flag.
+
+    Abbreviations are off: `--mode threading` must be an unknown flag, not `--model threading`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -58,6 +65,9 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     io.add_argument("--template", help="with -i DIR: prompt template file with {content}, {id}, {n}")
     io.add_argument("--max-line-bytes", type=int, help="longer input lines are error rows (default 20 MiB)")
     io.add_argument("--image-max-side", type=int, help="downscale local images to at most N pixels a side")
+    io.add_argument("--image-root", dest="image_roots", action="append", metavar="DIR",
+                    help="local images may also come from DIR (repeatable; default: the input's folder only)")
+    io.add_argument("--max-image-bytes", type=int, help="larger local images are error rows (default 20 MB)")
     io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
     api = p.add_argument_group("model and API")
     api.add_argument("-m", "--model", help="model name (default gpt-4o-mini; mock-model with the mock)")
@@ -88,6 +98,21 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--delay", type=float, help="seconds between iterations")
     run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
     run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
+    bt = p.add_argument_group("Batch API and cache (see README: Batch API, Cache)")
+    bt.add_argument("--via", choices=("online", "batch"), help="batch: run through the provider's Batch API")
+    bt.add_argument("--batch-size", dest="batch_max_requests", type=int, help="requests per batch (default 50000)")
+    bt.add_argument("--batch-max-bytes", type=int, help="bytes per batch input file (default 200 MB)")
+    bt.add_argument("--batch-max-in-flight", type=int, help="open batches per endpoint (default 10)")
+    bt.add_argument("--batch-max-tokens", type=int, help="enqueued tokens per endpoint (default unlimited)")
+    bt.add_argument("--batch-poll", type=float, help="seconds between polls of a batch (default 30)")
+    bt.add_argument("--batch-price", type=float, help="batch price as a share of the model's (default 0.5)")
+    bt.add_argument("--cancel-batches", action="store_true", default=None,
+                    help="cancel the open batches, collect what they answered, submit nothing")
+    bt.add_argument("--cache", nargs="?", const="", metavar="PATH",
+                    help="response cache (SQLite; default PATH: CHECKPOINT_DIR/response_cache.sqlite)")
+    bt.add_argument("--cache-only", action="store_true", default=None, help="answer from the cache; misses fail")
+    bt.add_argument("--cache-sampled", action="store_true", default=None,
+                    help="cache requests with temperature > 0 too (off: a sample is not replayed)")
     ck = p.add_argument_group("checkpoints and resume")
     ck.add_argument("--checkpoint-interval", type=int, help="save every N durable rows (default 10)")
     ck.add_argument("--checkpoint-dir", help="default checkpoints/")
@@ -99,8 +124,33 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     out = p.add_argument_group("display")
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    out.add_argument("-v", "--verbose", action="store_true")
+    out.add_argument("--verbose", action="store_true", help="verbose log on stderr")
+    out.add_argument("-v", action=_RefusedShortFlag, hint="use --verbose (more log) or --validate "
+                     "(check the output; what -v meant in the older tool)")
+    out.add_argument("-s", action=_RefusedShortFlag, hint="use --status (what -s meant in the older tool)")
+    obs = p.add_argument_group("metrics, traces, hooks")
+    obs.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics of this run on this port")
+    obs.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
+    obs.add_argument("--trace", choices=("otlp",), help="otlp: one OpenTelemetry span per request (OTEL_* env)")
+    obs.add_argument("--trace-content", action="store_true", default=None,
+                     help="with --trace: put prompt and answer text into the spans")
+    obs.add_argument("--no-endpoint-logs", dest="endpoint_logs", action="store_false", default=None,
+                     help="do not write logs/<run>/<endpoint>.log")
+    obs.add_argument("--on-finish", metavar="CMD",
+                     help="shell command run when the run ends (env MPDISTILL_OUTPUT, _ERRORS, _SUMMARY)")
     return p
+
+
+class _RefusedShortFlag(argparse.Action):
+    """A short flag the older tool gave another meaning: refused with a hint, so it never starts a run."""
+
+    def __init__(self, option_strings, dest, hint: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                         **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not a flag of mpdistill: {self.hint}")
 
 
 _NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", "emit_retry", "stop", "now",
@@ -178,6 +228,9 @@ def _dispatch(argv: list[str], prog: str) -> int:
             return splitmerge.split_command(rest) if command == "split" else splitmerge.merge_command(rest)
         if command == "run-task":
             return run_task_command(rest, prog)
+        if command == "serve":
+            from .serve import serve_command
+            return serve_command(rest)
         if command != "run":
             rest = [f"--{command}" if command != "monitor" else "--status", *rest]
             if command == "monitor" and "--once" not in rest:
@@ -239,7 +292,11 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     if summary["state"] == "interrupted":
         say("Interrupted: checkpoint saved; run the same command again to resume.")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED_ROWS if summary["failed"] or summary.get("failed_total") else EXIT_OK
+    if (summary.get("on_finish") or {}).get("returncode"):
+        say(f"mpdistill: --on-finish failed with exit code {summary['on_finish']['returncode']} (output intact)")
+        return EXIT_ON_FINISH_FAILED
+    incomplete = summary.get("failed") or summary.get("failed_total") or summary.get("missing")
+    return EXIT_FAILED_ROWS if incomplete else EXIT_OK
 
 
 def _env_secrets() -> list[str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from mpdistill.provider.endpoint import Endpoint, mask_key
 from mpdistill.errors import ConfigError
 from mpdistill.engine.ratelimit import RECENT_S, Bucket, Meter
+from mpdistill.engine.retry import RetryPolicy, backoff
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ PACE_MAX_S = 2.0
 TRANSIENT_STREAK = 3     # consecutive transient failures before the endpoint cools down
 BUSY_POLL_S = 0.05       # wait_time hint when only a full concurrency cap blocks (a release frees it)
 HINT_MAX_S = 3600.0      # server hints (Retry-After, reset headers) are honoured up to an hour
+# Cooldowns keep at least 3/4 of their exponential step: several runs sharing a key spread out
+# without a cooldown ever shrinking to nothing.
+COOLDOWN_JITTER = 0.25
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -86,7 +90,8 @@ class KeyPool:
         _check_pool(endpoints)
         self._clock = clock
         self._rng = rng or random.Random()
-        self._base, self._max = cooldown_base, cooldown_max
+        self._base = cooldown_base
+        self._cooldowns = RetryPolicy(base_delay=cooldown_base, max_delay=cooldown_max, jitter=COOLDOWN_JITTER)
         self._vtime = 0.0
         now = clock()
         self._states = {e.name: _new_state(e, i, now) for i, e in enumerate(endpoints)}
@@ -237,9 +242,8 @@ class KeyPool:
             st.tokens.give(max(0, reserved_tokens))
 
     def _backoff(self, level: int) -> float:
-        """Exponential cooldown, capped, with jitter so several runs sharing a key do not retry in step."""
-        raw = min(self._max, self._base * 2.0 ** min(level - 1, 30))
-        return raw * (0.75 + 0.25 * self._rng.random())
+        """The cooldown after `level` failures: retry's one backoff, with the pool's base, cap and jitter."""
+        return backoff(self._cooldowns, level, rng=self._rng)
 
     # -- adaptive rate (AIMD) -------------------------------------------------------------------
 

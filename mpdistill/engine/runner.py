@@ -22,11 +22,13 @@ from ..state.checkpoint import CheckpointManager
 from ..config import RunConfig
 from ..state.stopfile import check_stop
 from ..state.resume import next_round
-from ..errors import (AuthError, CheckpointError, ConnectError, MpdistillError, RateLimitError,
-                     RunAbortedError, from_info)
+from ..errors import CheckpointError, MpdistillError, RunAbortedError, WorkerLostError, from_info
+from .health import Health
 from .keypool import KeyPool
+from .request import build_request
 from .pool import WorkerPool
 from ..inputs.jsonl import BadRow, Blank, Idle, Row
+from ..report.observe import Observers, RequestEvent
 from ..report.stats import ModelStats, RateMeter, build_summary
 from ..report.status import write_status
 from .worker import Task, WorkerSpec
@@ -65,6 +67,7 @@ class Item:
     attempts: int = 0        # calls made
     retries: int = 0         # calls that count against --max-retries
     history: list = field(default_factory=list)
+    marks: dict = field(default_factory=dict)   # Health's memory of where this row began failing
 
 
 @dataclass
@@ -81,7 +84,8 @@ class Runner:
     def __init__(self, cfg: RunConfig, jobs: list[Job], rows: Iterator, keypool: KeyPool,
                  spec: WorkerSpec, *, total: int | None = None, status_file: Path | None = None,
                  progress: Callable | None = None, elapsed_before: float = 0.0,
-                 iteration: int | None = None, last_round: bool = True, source=None) -> None:
+                 iteration: int | None = None, last_round: bool = True, source=None,
+                 observer: Observers | None = None, cache=None) -> None:
         self.cfg = cfg
         self.jobs = jobs
         self.rows = rows
@@ -89,6 +93,7 @@ class Runner:
         self.pool = WorkerPool(spec, cfg.processes)
         self.policy = retry.RetryPolicy(max_retries=cfg.max_retries, base_delay=cfg.retry_base,
                                         max_delay=cfg.retry_max)
+        self.health = Health()
         self.total = total
         self.status_file = status_file
         self.progress = progress
@@ -98,6 +103,8 @@ class Runner:
         self.already_done = sum(j.checkpoint.processed_count for j in jobs)
         self.complete = False                 # every row of the input (this round) is done
         self.source = source                  # for status: numbered-file position, what --follow waits for
+        self.observer = observer if observer is not None else Observers()   # metrics, traces, endpoint logs
+        self.cache = cache                    # engine.cached.RunCache, or None
         self._waiting_input = False
         self._ready: deque[Item] = deque()
         self._timers: list = []          # (due, seq, item): retries waiting out a backoff
@@ -247,6 +254,8 @@ class Runner:
             item = self._next_item()
             if item is None:
                 return
+            if self.cache is not None and self.cache.serve(self.jobs[item.job], item.row, self.iteration):
+                continue
             model, est = self._model_of(item), self._estimate(item)
             endpoint = self.keypool.acquire(model, est)
             if endpoint is None:
@@ -260,9 +269,7 @@ class Runner:
     def _send(self, item: Item, endpoint: str, reserved: int) -> None:
         tid = next(self._tids)
         job = self.jobs[item.job]
-        request = {"model": job.model, **job.params, **item.row.request}
-        if job.system and not any(m.get("role") == "system" for m in request["messages"]):
-            request["messages"] = [{"role": "system", "content": job.system}, *request["messages"]]
+        request = build_request(job.model, job.params, job.system, item.row.request)
         self._flights[tid] = Flight(item, endpoint, reserved, time.monotonic())
         self.pool.submit(Task(tid, endpoint, request))
 
@@ -331,14 +338,16 @@ class Runner:
         if outcome.completion is not None:
             self._succeeded(flight, outcome)
         else:
-            self._failed(flight, from_info(outcome.error))
+            self._failed(flight, from_info(outcome.error), outcome.latency_s)
 
     def _succeeded(self, flight: Flight, outcome) -> None:
         c = outcome.completion
         used = (c.usage or {}).get("total_tokens")
         self.keypool.release(flight.endpoint, ok=True, reserved_tokens=flight.reserved,
                              used_tokens=used, headers=c.headers)
+        self.health.succeeded(flight.endpoint)
         item, job = flight.item, self.jobs[flight.item.job]
+        self._observe(flight, outcome.latency_s, 200, completion=c)
         job.stats.ok += 1
         job.stats.latency.add(outcome.latency_s)
         job.stats.add_usage(c.usage)
@@ -346,37 +355,50 @@ class Runner:
                                        attempts=item.attempts, endpoint=flight.endpoint, iteration=self.iteration)
         job.writer.add_result(item.row.key, item.row.end_offset,
                               records.with_samples(record, c.samples, self.cfg.explode_samples))
+        if self.cache is not None:
+            self.cache.store(job, item.row, c)
 
-    def _failed(self, flight: Flight, err) -> None:
+    def _failed(self, flight: Flight, err, latency: float | None = None) -> None:
+        """Let `retry.decide` say what the failure means, then do it: the keypool, the row."""
         item = flight.item
-        delay = None
-        if isinstance(err, RateLimitError):
-            self.keypool.rate_limited(flight.endpoint, err.retry_after, flight.reserved)
-            delay = 0.0  # the endpoint's cooldown does the waiting; any other endpoint may take it now
-        elif isinstance(err, AuthError):
-            self.keypool.failed(flight.endpoint, flight.reserved, transient=False)  # ends the call
-            if self.keypool.disable(flight.endpoint, f"HTTP {err.status}: key rejected"):
-                log.error("endpoint %s: key rejected (HTTP %s); disabled for this run", flight.endpoint, err.status)
-            delay = 0.0
-        elif isinstance(err, ConnectError):
-            self.keypool.failed(flight.endpoint, flight.reserved, transient=True)
-            delay = retry.backoff(self.policy, min(item.attempts, 6))
-        else:
-            transient = retry.classify(err) is retry.Action.RETRY
-            if transient:
-                self.keypool.failed(flight.endpoint, flight.reserved, transient=True)
-            else:
-                self.keypool.release(flight.endpoint, ok=False, reserved_tokens=flight.reserved)
-            item.retries += 1
-            if transient and item.retries <= self.policy.max_retries:
-                delay = retry.backoff(self.policy, item.retries, getattr(err, "retry_after", None))
+        self._observe(flight, latency, getattr(err, "status", None), type(err).__name__)
+        facts = self.health.failed(flight.endpoint, (item.row.key, item.job), item.marks, type(err).__name__)
+        decision = retry.decide(err, retry.Attempt(item.attempts, item.retries, facts.row_fault,
+                                                   facts.others_failing), self.policy)
+        self._end_call(flight, err, decision)
+        item.retries += decision.charged
         item.history.append({"attempt": item.attempts, "endpoint": flight.endpoint, "status": getattr(err, "status", None),
                              "error": type(err).__name__, "message": str(err)[:300],
-                             "retry_in_s": None if delay is None else round(delay, 3)})
-        if delay is None:
+                             "retry_in_s": None if decision.delay is None else round(decision.delay, 3)})
+        if decision.action is retry.Action.FAIL_ROW:
             self._give_up(item, err)
         else:
-            self._schedule(item, delay)
+            self._schedule(item, decision.delay)
+
+    def _end_call(self, flight: Flight, err, decision: retry.Decision) -> None:
+        """Tell the key pool how the call ended, as the decision's verdict says."""
+        verdict, name = decision.verdict, flight.endpoint
+        if verdict is retry.Verdict.RATE_LIMITED:
+            self.keypool.rate_limited(name, err.retry_after, flight.reserved)
+        elif verdict is retry.Verdict.ANSWERED:
+            self.keypool.release(name, ok=False, reserved_tokens=flight.reserved)
+        else:
+            self.keypool.failed(name, flight.reserved, transient=verdict is retry.Verdict.DOWN)
+        if decision.action is retry.Action.DISABLE_KEY and self.keypool.disable(name, f"HTTP {err.status}: key rejected"):
+            log.error("endpoint %s: key rejected (HTTP %s) for several rows; disabled for this run", name, err.status)
+
+    def _observe(self, flight: Flight, latency: float | None, status: int | None, error: str | None = None,
+                 completion=None) -> None:
+        """Tell the observers (metrics, traces, endpoint logs) how one call ended."""
+        if not self.observer:
+            return
+        item, job = flight.item, self.jobs[flight.item.job]
+        self.observer.request(RequestEvent(
+            run=self.cfg.name, model=job.model, endpoint=flight.endpoint, row_id=str(item.row.id),
+            line=item.row.key, attempt=item.attempts, status=status, error=error,
+            latency_s=time.monotonic() - flight.started if latency is None else latency, ended_at=time.time(),
+            usage=completion.usage if completion else None, request=item.row.request,
+            answer=completion.answer if completion else None))
 
     def _schedule(self, item: Item, delay: float) -> None:
         if delay <= 0:
@@ -389,20 +411,12 @@ class Runner:
             self._ready.append(heapq.heappop(self._timers)[2])
 
     def _lost(self, tid: int) -> None:
-        """A worker died holding this task: count it as a failed attempt and retry."""
+        """A worker died holding this task: a failed attempt like any other."""
         flight = self._flights.pop(tid, None)
         if flight is None:
             return
-        item = flight.item
-        item.attempts += 1
-        item.retries += 1
-        self.keypool.failed(flight.endpoint, flight.reserved, transient=False)
-        item.history.append({"attempt": item.attempts, "endpoint": flight.endpoint, "status": None,
-                             "error": "WorkerDied", "message": "the worker process died during the call"})
-        if item.retries <= self.policy.max_retries:
-            self._schedule(item, 0.0)
-        else:
-            self._give_up(item, RuntimeError("worker process died on every attempt"))
+        flight.item.attempts += 1
+        self._failed(flight, WorkerLostError("the worker process died during the call"))
 
     def _give_up(self, item: Item, err) -> None:
         job = self.jobs[item.job]
@@ -486,7 +500,22 @@ class Runner:
                 "elapsed_s": round(self.elapsed(), 3),
                 "models": {j.alias: {"done": j.checkpoint.processed_count, "ok": j.checkpoint.ok,
                                      "failed": j.checkpoint.failed} for j in self.jobs},
-                "workers": workers, "endpoints": self.keypool.snapshot(), **self._source_status()}
+                "workers": workers, "endpoints": self.keypool.snapshot(), **self._source_status(),
+                **self._usage_status(), **self.observer.status_fields(),
+                **({"cache": self._cache_figures()} if self.cache is not None else {})}
+
+    def _usage_status(self) -> dict:
+        """Tokens and cost of this run so far (the summary's figures, live)."""
+        costs = [j.stats.cost() for j in self.jobs if j.stats.cost() is not None]
+        return {"tokens": {"prompt": sum(j.stats.prompt_tokens for j in self.jobs),
+                           "completion": sum(j.stats.completion_tokens for j in self.jobs)},
+                "cost": round(sum(costs), 6) if costs else None}
+
+    def _cache_figures(self) -> dict:
+        figures = [self.cache.figures(j) for j in self.jobs]
+        total = {k: sum(f[k] or 0 for f in figures) for k in ("hits", "misses", "stored", "saved_tokens")}
+        costs = [f["saved_cost"] for f in figures if f["saved_cost"] is not None]
+        return {**total, "saved_cost": round(sum(costs), 6) if costs else None, "path": figures[0]["path"]}
 
     def _source_status(self) -> dict:
         """Numbered-file runs: the range and the last number handed out; what --follow waits for."""
@@ -497,10 +526,14 @@ class Runner:
                 "end_number": src.end, "waiting_for": getattr(src, "waiting_for", None)}
 
     def _write_status(self, state: str) -> None:
+        if self.status_file is None and not self.observer:
+            return
+        status = self.status(state)
+        self.observer.status(status)
         if self.status_file is None:
             return
         try:
-            write_status(self.status_file, self.status(state))
+            write_status(self.status_file, status)
         except OSError as err:
             log.warning("cannot write status file %s: %s", self.status_file, err)
 
@@ -509,6 +542,8 @@ class Runner:
                                 endpoints=self.keypool.snapshot(), state=state, already_done=already_done,
                                 outputs={j.alias: str(j.writer.output_path) for j in self.jobs})
         summary["failed_total"] = sum(j.checkpoint.failed for j in self.jobs)  # earlier runs included
+        if self.cache is not None:
+            summary["cache"] = self._cache_figures()
         return summary
 
 

@@ -30,6 +30,13 @@ class WorkerSpec:
     concurrency: int = 1
     image_max_side: int | None = None
     base_dir: str | None = None
+    image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
+    max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
+
+    @property
+    def image_policy(self) -> images.ImagePolicy:
+        """Where this run's local images may come from and how big they may be."""
+        return images.ImagePolicy(self.base_dir, self.image_roots, self.max_image_bytes, self.image_max_side)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     """Make the call of `task` with client `api`; never raises for a call or row problem."""
     start = time.monotonic()
     try:
-        request = prepare(task.request, spec)
+        request = prepare(task.request, spec, deadline=start + spec.timeout)
         completion = client.complete(api, request)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
@@ -65,10 +72,9 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
         return Outcome(task.tid, None, to_info(surprise), time.monotonic() - start)
 
 
-def prepare(request: dict, spec: WorkerSpec) -> dict:
-    """Encode the row's local images; text-only requests pass through untouched."""
-    messages = images.build_messages(request["messages"], base_dir=spec.base_dir,
-                                     max_side=spec.image_max_side)
+def prepare(request: dict, spec: WorkerSpec, deadline: float | None = None) -> dict:
+    """Encode the row's local images (reading them counts in the call's deadline); text passes untouched."""
+    messages = images.build_messages(request["messages"], spec.image_policy, deadline)
     if messages is request["messages"]:
         return request
     return {**request, "messages": messages}

@@ -9,151 +9,13 @@ import base64
 import binascii
 import collections
 import json
-import math
 import random
-import re
 import threading
 import time
-from dataclasses import dataclass, field
 
-DEFAULT_MODEL = "mock-model"
-_ALWAYS = math.inf
-_MARKER = re.compile(
-    r"\[\[(fail|sleep|malformed|reasoning|think|badjson|echo_params)(?::([^\[\]]*))?\]\]")
-_MALFORMED_BODY = (b'{"id": "chatcmpl-mock-malformed", "object": "chat.completion", '
-                   b'"choices": [{"index": 0, "message": {"role": "assis')
-
-
-# ----------------------------------------------------------------------------- records
-
-@dataclass(frozen=True)
-class MockOptions:
-    """How the mock server answers: injected faults, served models, accepted keys."""
-
-    latency_ms: float = 0.0
-    error_rate: float = 0.0
-    rate_limit_rps: float | None = None
-    fixed_status: int | None = None
-    reasoning: bool = False
-    models: tuple[str, ...] = ()
-    strict_models: bool = False
-    api_keys: frozenset[str] | None = field(default=None, repr=False)
-    seed: int = 0
-    record_prompts: bool = False
-
-    def __post_init__(self) -> None:
-        if self.fixed_status is not None and not 400 <= self.fixed_status <= 599:
-            raise ValueError(f"fixed_status must be an HTTP error status, got {self.fixed_status}")
-        if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
-            raise ValueError(f"rate_limit_rps must be positive, got {self.rate_limit_rps}")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One HTTP answer: status, JSON body bytes, extra headers."""
-
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Markers:
-    """The `[[...]]` markers found in the last user message of a request."""
-
-    fail_status: int | None = None
-    fail_times: float = 0
-    fail_retry_after: float | None = None
-    sleep_s: float = 0.0
-    malformed_times: float = 0
-    badjson_times: float = 0
-    reasoning: bool = False
-    think: bool = False
-    echo_params: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> Markers:
-        """Read every marker of `text`; ValueError names the first one that cannot be read."""
-        values: dict = {}
-        for match in _MARKER.finditer(text):
-            try:
-                values.update(_MARKER_PARSERS[match.group(1)](match.group(2)))
-            except (ValueError, TypeError) as err:
-                raise ValueError(f"invalid marker {match.group(0)!r}") from err
-        return cls(**values)
-
-
-def _times(arg: str | None) -> float:
-    """A marker's repeat count: a number, or `*` / nothing for always."""
-    if arg in (None, "", "*"):
-        return _ALWAYS
-    count = int(arg)
-    if count < 0:
-        raise ValueError("negative count")
-    return count
-
-
-def _parse_fail(arg: str | None) -> dict:
-    """`fail:STATUS[:N[:RETRY_AFTER]]`."""
-    parts = (arg or "").split(":")
-    if len(parts) > 3 or not 400 <= int(parts[0]) <= 599:
-        raise ValueError("expected fail:STATUS:N[:RETRY_AFTER] with an error status")
-    retry_after = float(parts[2]) if len(parts) > 2 else None
-    return {"fail_status": int(parts[0]), "fail_times": _times(parts[1] if len(parts) > 1 else None),
-            "fail_retry_after": retry_after}
-
-
-def _parse_sleep(arg: str | None) -> dict:
-    """`sleep:SECONDS`."""
-    seconds = float(arg)  # type: ignore[arg-type]  # None raises TypeError, reported as invalid
-    if not seconds >= 0:
-        raise ValueError("negative sleep")
-    return {"sleep_s": seconds}
-
-
-_MARKER_PARSERS = {
-    "fail": _parse_fail,
-    "sleep": _parse_sleep,
-    "malformed": lambda arg: {"malformed_times": _times(arg)},
-    "badjson": lambda arg: {"badjson_times": _times(arg)},
-    "reasoning": lambda arg: {"reasoning": True},
-    "think": lambda arg: {"think": True},
-    "echo_params": lambda arg: {"echo_params": True},
-}
-_NO_MARKERS = Markers()
-
-
-# ----------------------------------------------------------------------------- replies
-
-_ERROR_KINDS = {
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("permission_error", "permission_denied"),
-    404: ("invalid_request_error", "not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-}
-
-
-def json_reply(status: int, obj: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    """A reply whose body is `obj` as compact JSON."""
-    return Reply(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
-
-
-def error_reply(status: int, message: str, code: str | None = None,
-                headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    """An OpenAI-style error: `{"error": {"message", "type", "code"}}`."""
-    default_type = "server_error" if status >= 500 else "invalid_request_error"
-    err_type, default_code = _ERROR_KINDS.get(status, (default_type, default_type))
-    body = {"error": {"message": message, "type": err_type, "code": code or default_code}}
-    return json_reply(status, body, headers)
-
-
-def retry_headers(seconds: float) -> tuple[tuple[str, str], ...]:
-    """`Retry-After` (seconds, maybe fractional) and `retry-after-ms`, as OpenAI sends them."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".") or "0"
-    return (("Retry-After", text), ("retry-after-ms", str(max(0, math.ceil(seconds * 1000)))))
-
+from .batches import BatchStore
+from .replies import (_MALFORMED_BODY, _NO_MARKERS, DEFAULT_MODEL, Markers, MockOptions, Reply,
+                      error_reply, json_reply, retry_headers)
 
 # ----------------------------------------------------------------------------- chat content
 
@@ -289,6 +151,13 @@ class _Responder:
         self._requests = self._in_flight = self._max_concurrent = 0
         self._by_status: collections.Counter[int] = collections.Counter()
         self._prompts: collections.Counter[str] = collections.Counter()
+        self._chat_calls = 0
+        self._revoked: dict[str, bool] = {}     # key -> may still read its files and batches
+        self.batches = BatchStore(options, self._chat)
+
+    def revoke(self, key: str, reads: bool = True) -> None:
+        """Reject `key` from now on (401); with `reads`, it may still poll and download its batches."""
+        self._revoked[key] = reads
 
     async def handle(self, method: str, target: str, headers: dict, body: bytes) -> Reply:
         """Answer one request, after the configured latency."""
@@ -306,14 +175,15 @@ class _Responder:
     def stats(self) -> dict:
         """A snapshot of the counters."""
         with self._lock:
-            return {"requests": self._requests, "by_status": dict(self._by_status),
-                    "max_concurrent": self._max_concurrent, "in_flight": self._in_flight,
-                    "prompts": dict(self._prompts)}
+            counts = {"requests": self._requests, "by_status": dict(self._by_status),
+                      "max_concurrent": self._max_concurrent, "in_flight": self._in_flight,
+                      "prompts": dict(self._prompts), "chat_requests": self._chat_calls}
+        return {**counts, **self.batches.stats()}
 
     def reset_stats(self) -> None:
         """Zero the counters (marker state and the rate limiter are kept)."""
         with self._lock:
-            self._requests = self._max_concurrent = 0
+            self._requests = self._max_concurrent = self._chat_calls = 0
             self._by_status.clear()
             self._prompts.clear()
 
@@ -335,6 +205,14 @@ class _Responder:
         path = path[3:] if path.startswith("/v1/") else path
         if method == "POST" and path == "/chat/completions":
             handler = self._chat
+            with self._lock:
+                self._chat_calls += 1
+        elif self.batches.handles(path):
+            refusal = self._auth(headers, reads=method == "GET")
+            if refusal is not None:
+                return refusal
+            return await self.batches.handle(method, path, target.partition("?")[2], _bearer(headers),
+                                             headers, body)
         elif method == "GET" and (path == "/models" or path.startswith("/models/")):
             handler = self._models
         else:
@@ -345,8 +223,9 @@ class _Responder:
     def _gate(self, headers: dict) -> Reply | None:
         """The server-wide refusals, in the order a real API applies them."""
         opts = self.options
-        if opts.api_keys is not None and _bearer(headers) not in opts.api_keys:
-            return error_reply(401, "Incorrect API key provided.", "invalid_api_key")
+        refusal = self._auth(headers)
+        if refusal is not None:
+            return refusal
         if opts.fixed_status is not None:
             extra = retry_headers(1.0) if opts.fixed_status == 429 else ()
             return error_reply(opts.fixed_status, f"injected status {opts.fixed_status}", headers=extra)
@@ -355,6 +234,15 @@ class _Responder:
             return error_reply(429, "Rate limit reached for requests", headers=retry_headers(wait))
         if opts.error_rate > 0 and self._rng.random() < opts.error_rate:
             return error_reply(500, "injected server error")
+        return None
+
+    def _auth(self, headers: dict, reads: bool = False) -> Reply | None:
+        """401 for an unknown key, or a revoked one (which may keep reading when revoked so)."""
+        key = _bearer(headers)
+        if self.options.api_keys is not None and key not in self.options.api_keys:
+            return error_reply(401, "Incorrect API key provided.", "invalid_api_key")
+        if key in self._revoked and not (reads and self._revoked[key]):
+            return error_reply(401, "This API key has been revoked.", "invalid_api_key")
         return None
 
     def _with_limit_headers(self, reply: Reply) -> Reply:
@@ -425,6 +313,8 @@ class _Responder:
                                headers=extra)
         if self._take("malformed", text, markers.malformed_times):
             return Reply(200, _MALFORMED_BODY)
+        if self._take("reset", text, markers.reset_times):
+            return Reply(200, _MALFORMED_BODY, cut_at=len(_MALFORMED_BODY) // 2)
         return None
 
     def _completion(self, n: int, request: dict, model: str, prompt: tuple[str, int],
@@ -435,9 +325,9 @@ class _Responder:
         finish = "stop"
         if not markers.echo_params:  # echoed params must stay parseable JSON
             content, tokens, finish = _truncate(content, tokens, request)
-        message = {"role": "assistant", "content": content}
-        if self.options.reasoning or markers.reasoning:
-            message["reasoning_content"] = "mock reasoning about: " + text[:200]
+        message = self._message(request, content, text, markers)
+        if "tool_calls" in message:
+            finish = "tool_calls"
         used = prompt_tokens(request["messages"])
         return {"id": f"chatcmpl-mock-{n}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "system_fingerprint": "mpdistill-mock",
@@ -445,6 +335,20 @@ class _Responder:
                              "logprobs": None} for i in range(_samples(request))],
                 "usage": {"prompt_tokens": used, "completion_tokens": tokens * _samples(request),
                           "total_tokens": used + tokens * _samples(request)}}
+
+    def _message(self, request: dict, content: str, text: str, markers: Markers) -> dict:
+        """The assistant message: the answer, or a tool call, a refusal, or no content at all."""
+        calls = _tool_calls(request, text)
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+        if markers.refusal:
+            return {"role": "assistant", "content": None, "refusal": "mock refusal: " + text[:200]}
+        if self._take("nocontent", text, markers.nocontent_times):
+            return {"role": "assistant", "content": None}
+        message = {"role": "assistant", "content": content}
+        if self.options.reasoning or markers.reasoning:
+            message["reasoning_content"] = "mock reasoning about: " + text[:200]
+        return message
 
     def _content(self, n: int, request: dict, text: str, images: int, markers: Markers) -> str:
         if markers.echo_params:
@@ -455,6 +359,21 @@ class _Responder:
         if wants_json and not self._take("badjson", text, markers.badjson_times):
             answer = json.dumps({"answer": answer, "n": n})
         return "<think>mock thinking</think>" + answer if markers.think else answer
+
+
+def _tool_calls(request: dict, text: str) -> list | None:
+    """A call of the tool that `tool_choice` names (or of the first, when it is "required")."""
+    tools, choice = request.get("tools"), request.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+    elif choice == "required":
+        name = ((tools[0] or {}).get("function") or {}).get("name")
+    else:
+        return None
+    arguments = json.dumps({"prompt": text[:200]})
+    return [{"id": "call_mock_0", "type": "function", "function": {"name": name, "arguments": arguments}}]
 
 
 def _bearer(headers: dict) -> str | None:

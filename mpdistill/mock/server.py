@@ -9,17 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import functools
-import http
 import logging
 import os
 import signal
 import threading
-import weakref
 
-from .chat import (DEFAULT_MODEL, Markers, MockOptions, Reply, WindowLimiter, _Responder,
-                       error_reply, json_reply, last_user_text, prompt_tokens, retry_headers,
-                       valid_image_url)
+from .chat import WindowLimiter, _Responder, last_user_text, prompt_tokens, valid_image_url
+from .replies import (DEFAULT_MODEL, Markers, MockOptions, Reply, error_reply, json_reply,
+                      retry_headers)
+from .wire import LIVE_SERVERS, SocketRegistry, encode, keeps_alive, parse_head, read_body
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PORT", "Markers", "MockOptions", "MockServer", "Reply",
            "WindowLimiter", "error_reply", "json_reply", "last_user_text", "prompt_tokens",
@@ -32,117 +30,6 @@ _BACKLOG = 4096                 # a 64-process pool opens hundreds of connection
 _CALL_TIMEOUT_S = 10.0          # how long start/stop/pause/resume wait for the server's loop
 
 
-# ----------------------------------------------------------------------------- HTTP/1.1
-
-def _parse_head(head: bytes) -> tuple[str, str, str, dict] | None:
-    """Request line and headers (names lower-cased), or None when they cannot be read."""
-    lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return None
-    headers = {}
-    for line in lines[1:]:
-        if line:
-            name, sep, value = line.partition(":")
-            if not sep:
-                return None
-            headers[name.strip().lower()] = value.strip()
-    return parts[0], parts[1], parts[2], headers
-
-
-def _keeps_alive(version: str, headers: dict) -> bool:
-    connection = headers.get("connection", "").lower()
-    return "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict) -> bytes:
-    """The request body; ValueError for a bad Content-Length or chunk size."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _read_chunked(reader)
-    length = int(headers.get("content-length") or 0)
-    if length < 0:
-        raise ValueError("negative Content-Length")
-    return await reader.readexactly(length) if length else b""
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
-    while True:
-        size = int((await reader.readline()).split(b";")[0].strip(), 16)
-        if size == 0:
-            while (await reader.readline()).strip():
-                pass  # trailers carry nothing the mock needs
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
-
-
-def _encode(reply: Reply, keep_alive: bool) -> bytes:
-    lines = [f"HTTP/1.1 {reply.status} {_phrase(reply.status)}",
-             "Content-Type: application/json", f"Content-Length: {len(reply.body)}"]
-    lines.extend(f"{name}: {value}" for name, value in reply.headers)
-    if not keep_alive:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
-
-
-@functools.lru_cache(maxsize=None)
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Status"
-
-
-# ----------------------------------------------------------------------------- fork safety
-
-class _SocketRegistry:
-    """Sockets a forked child must not keep open.
-
-    A worker forked while the server runs inherits its sockets; its copy of the listening
-    socket would keep the port accepting (and block rebinding) while the server is paused.
-    """
-
-    def __init__(self) -> None:
-        self._inodes: dict[int, int] = {}
-
-    def add(self, fd: int) -> None:
-        self._inodes[fd] = os.fstat(fd).st_ino
-
-    def discard(self, fd: int) -> None:
-        self._inodes.pop(fd, None)
-
-    def release_in_child(self) -> None:
-        """Point the child's copies at /dev/null (only fds that still are the same socket)."""
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            for fd, inode in list(self._inodes.items()):
-                if _inode(fd) == inode:
-                    os.dup2(devnull, fd, inheritable=False)
-        finally:
-            os.close(devnull)
-        self._inodes.clear()
-
-
-def _inode(fd: int) -> int | None:
-    try:
-        return os.fstat(fd).st_ino
-    except OSError:
-        return None
-
-
-_LIVE_SERVERS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _release_sockets_in_child() -> None:
-    for server in list(_LIVE_SERVERS):
-        server._sockets.release_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_release_sockets_in_child)
-
-
 # ----------------------------------------------------------------------------- server
 
 class MockServer:
@@ -152,12 +39,15 @@ class MockServer:
                  error_rate: float = 0.0, rate_limit_rps: float | None = None,
                  fixed_status: int | None = None, reasoning: bool = False, models=(),
                  strict_models: bool = False, api_keys=None, seed: int = 0,
-                 record_prompts: bool = False) -> None:
+                 record_prompts: bool = False, batch_seconds: float = 0.0, batch_script=(),
+                 batch_max_requests: int = 50_000) -> None:
         self.options = MockOptions(
             latency_ms=float(latency_ms), error_rate=float(error_rate),
             rate_limit_rps=rate_limit_rps, fixed_status=fixed_status, reasoning=reasoning,
             models=tuple(models), strict_models=strict_models, seed=seed,
-            api_keys=None if api_keys is None else frozenset(api_keys), record_prompts=record_prompts)
+            api_keys=None if api_keys is None else frozenset(api_keys), record_prompts=record_prompts,
+            batch_seconds=float(batch_seconds), batch_script=tuple(batch_script),
+            batch_max_requests=int(batch_max_requests))
         self._host, self._port = host, port
         self._responder = _Responder(self.options)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,8 +55,8 @@ class MockServer:
         self._server: asyncio.base_events.Server | None = None
         self._accepting = False
         self._connections: dict[asyncio.Task, tuple[asyncio.StreamWriter, int]] = {}
-        self._sockets = _SocketRegistry()
-        _LIVE_SERVERS.add(self)
+        self._sockets = SocketRegistry()
+        LIVE_SERVERS.add(self)
 
     @property
     def port(self) -> int:
@@ -220,8 +110,13 @@ class MockServer:
         logger.info("mock server on port %d resumed", self._port)
 
     def stats(self) -> dict:
-        """Thread-safe snapshot: requests, by_status, max_concurrent, in_flight, prompts."""
+        """Thread-safe snapshot: requests, by_status, max_concurrent, in_flight, prompts, chat_requests,
+        batches_created, batch_rows (custom_id -> batches created with it), batch_outcomes."""
         return self._responder.stats()
+
+    def revoke_key(self, key: str, reads: bool = True) -> None:
+        """Reject `key` from now on; with `reads` it may still poll and download its batches."""
+        self._responder.revoke(key, reads)
 
     def reset_stats(self) -> None:
         """Zero the counters between test phases."""
@@ -322,18 +217,25 @@ class MockServer:
             return False  # the client closed its keep-alive connection
         except asyncio.LimitOverrunError:
             return _refuse(writer, 431, "request head too large")
-        parsed = _parse_head(head)
+        parsed = parse_head(head)
         if parsed is None:
             return _refuse(writer, 400, "malformed request head")
         method, target, version, headers = parsed
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            body = await _read_body(reader, headers)
+            body = await read_body(reader, headers)
         except ValueError:
             return _refuse(writer, 400, "bad Content-Length or chunk size")
-        keep_alive = _keeps_alive(version, headers)
-        writer.write(_encode(await self._answer(method, target, headers, body), keep_alive))
+        keep_alive = keeps_alive(version, headers)
+        reply = await self._answer(method, target, headers, body)
+        data = encode(reply, keep_alive)
+        if reply.cut_at is not None:  # a scripted reset: part of the body, then the connection drops
+            writer.write(data[:len(data) - len(reply.body) + reply.cut_at])
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        writer.write(data)
         await writer.drain()
         return keep_alive
 
@@ -346,7 +248,7 @@ class MockServer:
 
 
 def _refuse(writer: asyncio.StreamWriter, status: int, message: str) -> bool:
-    writer.write(_encode(error_reply(status, message), keep_alive=False))
+    writer.write(encode(error_reply(status, message), keep_alive=False))
     return False
 
 
@@ -362,7 +264,7 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 # ----------------------------------------------------------------------------- command
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mpdistill mock-server",
+    parser = argparse.ArgumentParser(prog="mpdistill mock-server", allow_abbrev=False,
                                      description="OpenAI-compatible mock endpoint for demos and tests.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port")

@@ -16,6 +16,8 @@ class Endpoint:
     tpm: float | None = None              # tokens per minute, None: unlimited
     max_concurrency: int | None = None    # requests in flight, None: unlimited
     weight: float = 1.0
+    batch_max_in_flight: int | None = None   # --via batch: batches open at once (None: the run's default)
+    batch_max_tokens: int | None = None      # --via batch: enqueued tokens (None: the run's default)
 
     def serves(self, model: str) -> bool:
         """True when this endpoint may be asked for `model`."""

@@ -18,7 +18,7 @@ from mpdistill.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _FIELDS = ("name", "base_url", "api_key", "api_key_env", "models", "rpm", "tpm",
-           "max_concurrency", "weight")
+           "max_concurrency", "weight", "batch_max_in_flight", "batch_max_tokens")
 
 
 def load_endpoints(path: str | os.PathLike) -> list[Endpoint]:
@@ -106,6 +106,8 @@ def _endpoint(item: Any, number: int, path: Path) -> Endpoint:
         tpm=_positive(item.get("tpm"), "tpm", where),
         max_concurrency=_positive_int(item.get("max_concurrency"), "max_concurrency", where),
         weight=_positive(item.get("weight"), "weight", where) or 1.0,
+        batch_max_in_flight=_positive_int(item.get("batch_max_in_flight"), "batch_max_in_flight", where),
+        batch_max_tokens=_positive_int(item.get("batch_max_tokens"), "batch_max_tokens", where),
     )
 
 

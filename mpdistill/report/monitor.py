@@ -16,9 +16,9 @@ from pathlib import Path
 from ..config import OutputFiles
 from ..state.checkpoint import list_checkpoints, safe_name
 from ..state.lock import holder as lock_holder
+from .batchview import mode_lines
 from .status import (LIVE_STATES, cells, clip, clip_middle, find_statuses, format_bytes, format_clock,
-                     format_count, format_duration, live_state, pad, printable, read_status,
-                     status_path)
+                     format_count, format_duration, live_state, pad, printable, read_status)
 
 DEFAULT_INTERVAL_S = 3.0
 SCRIPT = "python run_multiprocess.py"
@@ -46,7 +46,9 @@ def render_panel(status: dict, *, now: float | None = None, width: int = 80,
     now = time.time() if now is None else now
     state = live_state(status, now)
     lines = [*_title(status, state, now, width), *_progress(status, state, now, width),
-             *_workers(status, state, now, width), *_endpoints(status, state, now, width),
+             *_workers(status, state, now, width),
+             *(_endpoints(status, state, now, width) if status.get("via") != "batch" else []),
+             *mode_lines(status, width),
              *_output(status, output_rows, output_bytes, width), *_lock_line(lock_holder),
              *_commands(status, state, checkpoint_dir, width)]
     return "\n".join(clip(line, width) for line in lines)

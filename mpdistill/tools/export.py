@@ -97,7 +97,7 @@ def export_command(argv: list[str]) -> int:
     """`mpdistill export OUTPUT --per-item DIR`; exit 0, 2 for a usage error or a missing file,
     1 when the files cannot be written."""
     parser = argparse.ArgumentParser(
-        prog="mpdistill export", description="Write one file per answered row of an output JSONL.")
+        prog="mpdistill export", allow_abbrev=False, description="Write one file per answered row of an output JSONL.")
     parser.add_argument("output", help="the run's output JSONL")
     parser.add_argument("--per-item", metavar="DIR", required=True,
                         help=f"write DIR/{JSON_DIR}/<id>_extracted.json and DIR/{THINKING_DIR}/<id>.txt")

@@ -393,6 +393,11 @@ class _UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """Never guesses a flag from an abbreviation."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):
         raise _UsageError(f"{self.prog}: error: {message} (see --help)")
 

@@ -24,8 +24,17 @@ def run_task(path: str, cli: Mapping[str, Any], announce: Callable[[str], None])
     if task.task_type == "merge":
         stats = merge_dir(task.dir, list(task.model_names) or None, task.merge_errors, task.input)
         announce(f"Merged {task.dir} into {Path(task.dir) / 'merged'}")
-        return {"state": "finished", **stats}
+        for alias, model in stats["models"].items():
+            missing = "" if model["missing"] is None else f", {model['missing']} missing"
+            announce(f"  {alias}: {model['succeeded']} succeeded, {model['failed']} failed{missing}")
+        return {"state": "finished", **stats, **_merge_totals(stats)}
     return _distill(task, cli, announce)
+
+
+def _merge_totals(stats: dict) -> dict:
+    """The failed and missing rows of every merged model: the CLI's exit code reads them."""
+    models = stats["models"].values()
+    return {"failed": sum(m["failed"] for m in models), "missing": sum(m["missing"] or 0 for m in models)}
 
 
 def _distill(task: Task, cli: Mapping[str, Any], announce) -> dict:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mpdistill.errors import ImageError
-from mpdistill.inputs.images import build_messages, encode_image, image_parts
+from mpdistill.inputs.images import ImagePolicy, build_messages, encode_image, image_parts
 
 DATA_URL = "data:image/png;base64,iVBORw0KGgo="
 
@@ -20,6 +20,11 @@ def make_image(path, size=(40, 20), fmt=None, mode="RGB"):
     return path
 
 
+def inside(tmp_path, **kw):
+    """The policy of an input file in `tmp_path`."""
+    return ImagePolicy(base_dir=str(tmp_path), **kw)
+
+
 def decode(url):
     """The (mime subtype, pillow image) inside a data URL."""
     head, payload = url.split(",", 1)
@@ -28,50 +33,51 @@ def decode(url):
 
 
 @pytest.mark.parametrize("name, fmt, subtype", [
-    ("a.png", "PNG", "png"), ("a.jpg", "JPEG", "jpeg"), ("a.webp", "WEBP", "webp"), ("a.gif", "GIF", "gif"),
+    ("a.png", "PNG", "png"), ("a.jpg", "JPEG", "jpeg"), ("a.webp", "WEBP", "webp"), ("a.gif", "GIF", "png"),
 ])
-def test_encode_local_image_sends_original_bytes(tmp_path, name, fmt, subtype):
-    """A supported local image is sent unchanged as a data URL with the right mime type."""
+def test_encode_local_image_sends_the_reencoded_picture(tmp_path, name, fmt, subtype):
+    """A supported local image is decoded and re-encoded (GIF as PNG); the pixels survive."""
     path = make_image(tmp_path / name, fmt=fmt)
-    url = encode_image(str(path))
-    assert url == f"data:image/{subtype};base64," + base64.b64encode(path.read_bytes()).decode()
+    got, img = decode(encode_image(str(path), inside(tmp_path)))
+    assert got == subtype and img.size == (40, 20)
+    assert img.convert("RGB").getpixel((5, 5))[0] > 150       # still the red picture
 
 
 def test_relative_path_resolves_against_base_dir(tmp_path):
     """A relative reference is looked up in the input file's folder."""
     make_image(tmp_path / "pic.png")
-    subtype, img = decode(encode_image("pic.png", base_dir=tmp_path))
+    subtype, img = decode(encode_image("pic.png", inside(tmp_path)))
     assert subtype == "png" and img.size == (40, 20)
 
 
 def test_downscale_keeps_aspect_and_max_side_png(tmp_path):
     """A PNG larger than max_side is shrunk to fit, keeps its aspect ratio and stays PNG."""
     path = make_image(tmp_path / "big.png", size=(400, 100))
-    subtype, img = decode(encode_image(str(path), max_side=100))
+    subtype, img = decode(encode_image(str(path), inside(tmp_path, max_side=100)))
     assert subtype == "png" and img.format == "PNG"
     assert img.size == (100, 25)
 
 
-def test_downscale_reencodes_non_png_as_rgb_jpeg(tmp_path):
-    """A large WEBP with alpha is shrunk and re-encoded as an RGB JPEG."""
+def test_downscale_keeps_webp_and_its_alpha(tmp_path):
+    """A large WEBP with alpha is shrunk and stays a WEBP with alpha."""
     path = tmp_path / "big.webp"
     Image.new("RGBA", (120, 300), (0, 0, 255, 128)).save(path, format="WEBP")
-    subtype, img = decode(encode_image(str(path), max_side=60))
-    assert subtype == "jpeg" and img.format == "JPEG" and img.mode == "RGB"
+    subtype, img = decode(encode_image(str(path), inside(tmp_path, max_side=60)))
+    assert subtype == "webp" and img.format == "WEBP" and img.mode == "RGBA"
     assert max(img.size) == 60 and img.size == (24, 60)
 
 
 def test_small_image_is_not_resized(tmp_path):
-    """An image already within max_side is sent byte for byte."""
+    """An image already within max_side keeps its size."""
     path = make_image(tmp_path / "small.jpg", fmt="JPEG")
-    url = encode_image(str(path), max_side=1000)
-    assert url.endswith(base64.b64encode(path.read_bytes()).decode())
+    subtype, img = decode(encode_image(str(path), inside(tmp_path, max_side=1000)))
+    assert subtype == "jpeg" and img.size == (40, 20)
 
 
 def test_missing_file_names_the_path(tmp_path):
     """A missing image raises ImageError naming the path, chained to the OS error."""
     with pytest.raises(ImageError, match="not found.*nope.png") as info:
-        encode_image("nope.png", base_dir=tmp_path)
+        encode_image("nope.png", inside(tmp_path))
     assert isinstance(info.value.__cause__, FileNotFoundError)
 
 
@@ -80,7 +86,7 @@ def test_corrupt_file_is_rejected(tmp_path):
     path = tmp_path / "noise.png"
     path.write_bytes(random.Random(1234).randbytes(2048))   # seeded: never flaky
     with pytest.raises(ImageError, match="noise.png") as info:
-        encode_image(str(path))
+        encode_image(str(path), inside(tmp_path))
     assert info.value.__cause__ is not None
 
 
@@ -89,7 +95,7 @@ def test_truncated_png_is_rejected(tmp_path):
     path = make_image(tmp_path / "cut.png", size=(64, 64))
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(ImageError, match="cut.png"):
-        encode_image(str(path))
+        encode_image(str(path), inside(tmp_path))
 
 
 @pytest.mark.parametrize("fmt, name", [("BMP", "x.bmp"), ("TIFF", "x.tiff")])
@@ -97,13 +103,14 @@ def test_unsupported_format_is_rejected(tmp_path, fmt, name):
     """A real image in a format the APIs do not take raises ImageError naming path and format."""
     path = make_image(tmp_path / name, fmt=fmt)
     with pytest.raises(ImageError, match=rf"{fmt}.*{name}"):
-        encode_image(str(path))
+        encode_image(str(path), inside(tmp_path))
 
 
 def test_directory_is_rejected(tmp_path):
     """A path that is a folder raises ImageError, not a raw OSError."""
-    with pytest.raises(ImageError, match=str(tmp_path.name)):
-        encode_image(str(tmp_path))
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ImageError, match="sub.*not a regular file"):
+        encode_image(str(tmp_path / "sub"), inside(tmp_path))
 
 
 @pytest.mark.parametrize("url", [
@@ -142,7 +149,7 @@ def test_build_messages_encodes_and_normalizes_parts(tmp_path):
         {"type": "image", "image": "https://example.com/x.png"},
     ]
     message = {"role": "user", "content": content, "name": "u1"}
-    (out,) = build_messages([message], base_dir=tmp_path)
+    (out,) = build_messages([message], inside(tmp_path))
     assert out is not message and message["content"] is content and content[1]["image_url"]["url"] == "p.png"
     assert out["name"] == "u1" and out["content"][0] == {"type": "text", "text": "look"}
     parts = out["content"][1:]
@@ -171,6 +178,6 @@ def test_image_parts_feed_build_messages(tmp_path):
     """A prompt plus images row becomes an encoded user message."""
     make_image(tmp_path / "q.jpg", fmt="JPEG")
     content = [{"type": "text", "text": "what is this?"}, *image_parts(["q.jpg"])]
-    (out,) = build_messages([{"role": "user", "content": content}], base_dir=tmp_path, max_side=10)
+    (out,) = build_messages([{"role": "user", "content": content}], inside(tmp_path, max_side=10))
     subtype, img = decode(out["content"][1]["image_url"]["url"])
     assert subtype == "jpeg" and max(img.size) == 10

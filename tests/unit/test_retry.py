@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.engine.retry: classification, backoff and Retry-After parsing."""
+"""Unit tests of mpdistill.engine.retry: the decide() table, backoff and Retry-After parsing."""
 from __future__ import annotations
 
 import email.utils
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from mpdistill import errors
-from mpdistill.engine.retry import Action, RetryPolicy, backoff, classify, parse_retry_after, should_retry
+from mpdistill.engine.retry import Action, Attempt, RetryPolicy, Verdict, backoff, decide, parse_retry_after
 
 NOW = 1_700_000_000.0
 
@@ -85,40 +85,72 @@ def test_zero_switch_makes_every_delay_zero():
     assert {backoff(policy, n, retry_after=hint) for n in (1, 5, 50) for hint in (None, 30.0)} == {0.0}
 
 
-@pytest.mark.parametrize("err, action", [
-    (errors.CallTimeoutError("t"), Action.RETRY),
-    (errors.ConnectError("c"), Action.RETRY),
-    (errors.RateLimitError("r", status=429), Action.RETRY),
-    (errors.ServerError("s", status=503), Action.RETRY),
-    (errors.BadResponseError("b", status=200), Action.RETRY),
-    (errors.TransientError("t"), Action.RETRY),
-    (errors.AuthError("a", status=401), Action.DISABLE_KEY),
-    (errors.RejectedError("x", status=400), Action.FAIL_ROW),
-    (errors.CallError("generic"), Action.FAIL_ROW),
-    (errors.RowFormatError("row"), Action.FAIL_ROW),
-    (errors.ImageError("img"), Action.FAIL_ROW),
-    (errors.OutputError("disk"), Action.FAIL_ROW),
+ZERO = RetryPolicy(max_retries=2, jitter=0.0)   # delays are exact: base 1 s, doubling
+A, R, D, F = Action.RETRY, Action.FAIL_ROW, Action.DISABLE_KEY, Verdict
+ROW = Attempt(number=1, retries=0, row_fault=True, others_failing=False)       # the endpoint answers others
+SHARED = Attempt(number=3, retries=0, row_fault=False, others_failing=True)    # other rows fail there too
+LAST = Attempt(number=3, retries=2, row_fault=True, others_failing=False)       # no retry left
+
+
+@pytest.mark.parametrize("err, attempt, expected", [
+    # 429: cools the endpoint (Retry-After there), the row goes back at once, never charged
+    (errors.RateLimitError("r", status=429, retry_after=5.0), ROW, (A, 0.0, F.RATE_LIMITED, False)),
+    (errors.RateLimitError("r", status=429), LAST, (A, 0.0, F.RATE_LIMITED, False)),
+    # 401/403: the key is out only when other rows are refused too; else the row's own, charged
+    (errors.AuthError("a", status=401), SHARED, (D, 0.0, F.NEUTRAL, False)),
+    (errors.AuthError("a", status=403), ROW, (A, 1.0, F.ANSWERED, True)),
+    (errors.AuthError("a", status=401), LAST, (R, None, F.ANSWERED, True)),
+    (errors.AuthError("a", status=401), Attempt(2, 1, row_fault=True, others_failing=True), (A, 2.0, F.ANSWERED, True)),
+    # a 2xx that is no answer: the endpoint answered, the row is charged
+    (errors.BadResponseError("b", status=200), ROW, (A, 1.0, F.ANSWERED, True)),
+    (errors.BadResponseError("b", status=200), SHARED, (A, 1.0, F.ANSWERED, True)),
+    (errors.BadResponseError("b", status=200), LAST, (R, None, F.ANSWERED, True)),
+    # timeouts, connection errors, 5xx: the row's when the endpoint answers others ...
+    (errors.ConnectError("c"), ROW, (A, 1.0, F.NEUTRAL, True)),
+    (errors.CallTimeoutError("t"), LAST, (R, None, F.NEUTRAL, True)),
+    (errors.ServerError("s", status=503, retry_after=7.0), ROW, (A, 7.0, F.NEUTRAL, True)),
+    # ... else the endpoint's: uncharged, towards an outage, backing off by call number
+    (errors.ConnectError("c"), SHARED, (A, 4.0, F.DOWN, False)),
+    (errors.CallTimeoutError("t"), Attempt(50, 2, row_fault=False), (A, 32.0, F.DOWN, False)),
+    (errors.ServerError("s", status=500, retry_after=0.5), SHARED, (A, 0.5, F.DOWN, False)),
+    # a worker that died holding the call: charged, straight back
+    (errors.WorkerLostError("w"), ROW, (A, 0.0, F.NEUTRAL, True)),
+    (errors.WorkerLostError("w"), LAST, (R, None, F.NEUTRAL, True)),
+    # everything else fails the row at once
+    (errors.RejectedError("x", status=400), ROW, (R, None, F.ANSWERED, True)),
+    (errors.RejectedError("x", status=422), SHARED, (R, None, F.ANSWERED, True)),
+    (errors.CallError("generic"), ROW, (R, None, F.ANSWERED, True)),
+    (errors.RowFormatError("row"), ROW, (R, None, F.ANSWERED, True)),
+    (errors.ImageError("img"), ROW, (R, None, F.ANSWERED, True)),
+    (RuntimeError("not ours"), ROW, (R, None, F.ANSWERED, True)),
 ])
-def test_classify_table(err, action):
-    """Each error class maps to its action: transient retry, auth disables the key, the rest fail the row."""
-    assert classify(err) is action
+def test_decide_table(err, attempt, expected):
+    """Each (error, evidence) pair gets its one action, delay, endpoint verdict and charge."""
+    decision = decide(err, attempt, ZERO)
+    assert (decision.action, decision.delay, decision.verdict, decision.charged) == expected
 
 
-def test_classify_works_on_errors_rebuilt_from_info():
-    """An error that crossed a process boundary as plain data classifies the same."""
-    rebuilt = errors.from_info(errors.to_info(errors.RateLimitError("slow", status=429, retry_after=2.0)))
-    assert classify(rebuilt) is Action.RETRY
+def test_decide_works_on_errors_rebuilt_from_info():
+    """An error that crossed a process boundary as plain data is decided the same."""
+    rebuilt = errors.from_info(errors.to_info(errors.ServerError("boom", status=502, retry_after=2.0)))
+    assert decide(rebuilt, ROW, ZERO) == decide(errors.ServerError("boom", status=502, retry_after=2.0), ROW, ZERO)
 
 
-def test_should_retry_counts_attempts():
-    """A transient error is retried while attempts_made <= max_retries, then given up."""
-    policy = RetryPolicy(max_retries=2)
-    err = errors.ServerError("boom", status=500)
-    assert [should_retry(policy, err, n) for n in (1, 2, 3)] == [True, True, False]
+def test_decide_charges_exactly_max_retries_then_fails():
+    """A poison row gets 1 + max_retries calls: max_retries charged retries, then the error row."""
+    policy, err, retries, actions = RetryPolicy(max_retries=3, zero=True), errors.ConnectError("reset"), 0, []
+    for number in range(1, 10):
+        decision = decide(err, Attempt(number, retries, row_fault=True), policy)
+        actions.append(decision.action)
+        retries += decision.charged
+        if decision.action is R:
+            break
+    assert actions == [A, A, A, R] and retries == 4
 
 
-def test_should_retry_never_retries_permanent_errors():
-    """Rejected and auth errors are not retried even on the first attempt."""
-    policy = RetryPolicy(max_retries=5)
-    assert not should_retry(policy, errors.RejectedError("bad", status=400), 1)
-    assert not should_retry(policy, errors.AuthError("key", status=401), 1)
+def test_decide_uses_the_jittered_backoff():
+    """Charged retries wait the policy's backoff (jittered below the exponential step, seeded)."""
+    policy = RetryPolicy(base_delay=2.0, jitter=0.5)
+    delays = {decide(errors.ServerError("s", status=500), Attempt(2, 1), policy, random.Random(i)).delay
+              for i in range(20)}
+    assert all(2.0 <= d <= 4.0 for d in delays) and len(delays) > 1

@@ -1,0 +1,340 @@
+"""The batch-mode manager: pack rows, submit batches across the endpoints, poll them, collect them.
+
+One thread, no worker pool. Every step that the provider remembers is journaled first
+(`state.batches`), so a kill at any point is followed by a rerun that finds each batch again,
+creates none twice and writes every answer once. The online `Runner`'s interface (run, summary,
+complete, progress) is kept, so the library entry runs either the same way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+
+from ..errors import AuthError, CallError, RunAbortedError, TransientError
+from ..inputs.jsonl import BadRow, Blank, Idle
+from ..outputs import records
+from ..report.stats import RateMeter, build_summary
+from ..report.status import write_status
+from ..state.batches import BatchJournal, journal_path
+from ..state.stopfile import check_stop
+from . import calls, crash
+from .collect import Collector
+from .lanes import Lanes
+from .submit import Submitter, TERMINAL
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 1.0
+
+
+class BatchRunner:
+    """Runs one job's rows through the provider's Batch API until done, stopped or aborted."""
+
+    def __init__(self, cfg, jobs, rows, keypool=None, spec=None, *, total=None, status_file=None,
+                 progress=None, elapsed_before: float = 0.0, iteration=None, last_round=True,
+                 source=None, cache=None, observer=None) -> None:
+        self.cfg, self.job, self.rows = cfg, jobs[0], rows
+        self.jobs = jobs
+        self.total, self.status_file, self.progress = total, status_file, progress
+        self.elapsed_before = elapsed_before
+        self.iteration = None
+        self.source = source
+        self.cache = cache
+        self.already_done = self.job.checkpoint.processed_count
+        self.complete = False
+        self.journal = BatchJournal(journal_path(self.job.checkpoint.path))
+        self.lanes = Lanes(spec.endpoints, max_batches=cfg.batch_max_in_flight, max_tokens=cfg.batch_max_tokens)
+        self.submit = Submitter(self, spec)
+        self.retry_queue: deque = deque()        # (entry, keys) of closed batches to pack again
+        self.polls: dict[str, float] = {}        # local -> next poll time
+        self.exhausted = False
+        self._stop: str | None = None
+        self._by_request = False
+        self._seen = (0, 0)
+        self._meter = RateMeter()
+        self._status_at = 0.0
+        self._started = time.monotonic()
+        self.started_at = time.time()
+        prices = self.job.prices
+        self.online_prices = prices
+        if prices:
+            factor = cfg.batch_price
+            self.job.stats.prices = tuple(None if p is None else p * factor for p in prices)
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def run(self) -> str:
+        previous = _install_signals(self.request_stop)
+        self.job.writer.start()
+        try:
+            self.journal.load()
+            self._reattach()
+            self._loop()
+        finally:
+            _restore_signals(previous)
+            self._shutdown()
+        if self._stop:
+            return "stopped" if self._by_request else "interrupted"
+        return "finished"
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop:
+            log.warning("%s: no new batches; %d open batch(es) are left for the next run to collect",
+                        reason, len(self.journal.open_batches()))
+            self._stop = reason
+
+    def _reattach(self) -> None:
+        """Batches of earlier runs: count them against their endpoints; drop files of closed ones."""
+        for entry in self.journal.open_batches():
+            endpoint = self.lanes.find(entry.key_hash)
+            if endpoint is not None and endpoint.name != entry.endpoint:
+                log.info("batch %s: endpoint %s is now named %s", entry.local, entry.endpoint, endpoint.name)
+                entry.endpoint = endpoint.name
+            if endpoint is not None:
+                self.lanes.add(endpoint.name, entry.tokens)
+        for entry in self.journal.entries.values():
+            if not entry.open:
+                self._remove_files(entry)
+        if self.journal.open_batches():
+            log.info("%d batch(es) of an earlier run are open; collecting them", len(self.journal.open_batches()))
+
+    def _loop(self) -> None:
+        while not self._done():
+            self._check_stop_file()
+            if self.cfg.cancel_batches:
+                self.submit.cancel_all()
+            elif not self._stop:
+                self.submit.advance_all()
+                self.submit.fill()
+            self._poll_due()
+            self._progress()
+            self._tick()
+            if not self._done():
+                time.sleep(self._sleep_for())
+
+    def _done(self) -> bool:
+        if self._stop:
+            return True
+        if not self.lanes.usable(self.job.model) and self._has_work():
+            raise RunAbortedError(f"no usable endpoint for model {self.job.model!r}: every key that serves it "
+                                  "is rejected; open batches are kept in the journal, rerun to collect them")
+        unreachable = self.submit.unreachable()
+        if unreachable and not self._pollable():
+            raise RunAbortedError(unreachable)
+        return not self._has_work() or (self.cfg.cancel_batches and not self.journal.open_batches())
+
+    def _has_work(self) -> bool:
+        return bool(self.journal.open_batches() or self.retry_queue or not self.exhausted)
+
+    def _pollable(self) -> bool:
+        return any(self.lanes.find(e.key_hash) for e in self.journal.open_batches())
+
+    def _sleep_for(self) -> float:
+        due = [t for t in self.polls.values()] or [time.monotonic() + self.cfg.batch_poll]
+        return max(0.01, min(min(due) - time.monotonic(), 0.5))
+
+    def _shutdown(self) -> None:
+        try:
+            self.job.writer.stop()
+        finally:
+            self.journal.close()
+        self._progress()
+        self.complete = not self._stop and not self._has_work() and not self.cfg.cancel_batches
+        ckpt = self.job.checkpoint
+        ckpt.elapsed = self.elapsed()
+        if self.complete:
+            ckpt.clear()
+            self.journal.clear()
+        else:
+            ckpt.save()
+        self._write_status("finished" if self.complete else "stopped")
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._started
+
+    # ---- rows ---------------------------------------------------------------------------------
+
+    def next_row(self):
+        """The next input row that needs a batch (bad rows go to the errors file on the way)."""
+        while not self.exhausted:
+            entry = next(self.rows, None)
+            if entry is None or isinstance(entry, Idle):
+                self.exhausted = True
+                return None
+            if isinstance(entry, Blank):
+                self.job.writer.add_mark(entry.key, entry.end_offset)
+                continue
+            if self.job.checkpoint.is_done(entry.key) or self.journal.owns(entry.key):
+                continue
+            if isinstance(entry, BadRow):
+                self.job.writer.add_error(entry.key, entry.end_offset, records.bad_row_record(entry))
+                self.job.stats.failed += 1
+                continue
+            return entry
+        return None
+
+    # ---- polling ------------------------------------------------------------------------------
+
+    def _poll_due(self) -> None:
+        now = time.monotonic()
+        for entry in self.journal.open_batches():
+            if entry.state != "created" or self.polls.get(entry.local, 0) > now:
+                continue
+            endpoint = self.lanes.find(entry.key_hash)
+            if endpoint is None:
+                continue  # reported by Submitter.unreachable
+            self.polls[entry.local] = now + self.cfg.batch_poll
+            try:
+                batch = calls.retrieve(self.submit.client(endpoint), entry.batch_id)
+            except CallError as err:
+                self._poll_failed(entry, err)
+                continue
+            crash.point("polling")
+            entry.status = batch.status
+            counts = batch.request_counts
+            entry.counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed} \
+                if counts else {}
+            if batch.status in TERMINAL:
+                self._collect(entry, endpoint, batch)
+
+    def _poll_failed(self, entry, err: CallError) -> None:
+        if isinstance(err, TransientError):
+            log.warning("batch %s: poll failed (%s); trying again later", entry.batch_id, err)
+            return
+        if isinstance(err, AuthError):
+            self.lanes.disable(entry.endpoint, f"HTTP {err.status}: key rejected")
+            log.error("batch %s cannot be polled with its key any more (%s): its rows are submitted again "
+                      "elsewhere; the provider may still run (and bill) it", entry.batch_id, err)
+            self._close(entry, [], returned=list(entry.keys))
+            return
+        log.error("batch %s: %s; its rows go round again", entry.batch_id, err)
+        self._close(entry, [k for k in entry.keys if not self.job.checkpoint.is_done(k)])
+
+    def _collect(self, entry, endpoint, batch) -> None:
+        """Download a finished batch's files and write its rows; then journal it closed."""
+        api = self.submit.client(endpoint)
+        files = {}
+        for kind, file_id in (("out", batch.output_file_id), ("err", batch.error_file_id)):
+            if file_id:
+                try:
+                    files[kind] = calls.download(api, file_id, self.journal.dir / f"{entry.local}.{kind}.jsonl")
+                except CallError as err:
+                    log.warning("batch %s: cannot download %s (%s); trying again later", entry.batch_id, file_id, err)
+                    return
+        reason = _batch_reason(batch)
+        entry.errors = reason if batch.status == "failed" else None
+        collector = Collector(self.job, self.journal.attempts, self.cfg.max_retries, endpoint=endpoint.name,
+                              batch_id=entry.batch_id, turnaround_s=max(0.0, time.time() - (batch.created_at or 0)),
+                              cancelled=batch.status == "cancelled" and bool(self.cfg.cancel_batches))
+        outcome = collector.collect(entry, self.journal.rows_file(entry), files.get("out"), files.get("err"), reason)
+        if self.cache is not None:
+            self.cache.store_batch(self.job, files.get("out"), self.journal.rows_file(entry))
+        log.info("batch %s (%s) %s: %d answered, %d failed, %d to resubmit", entry.local, entry.batch_id,
+                 batch.status, outcome.ok, outcome.failed, len(outcome.retry))
+        self._close(entry, outcome.retry, returned=outcome.returned)
+
+    def _close(self, entry, retry: list[int], returned: list[int] = ()) -> None:
+        """Journal the batch closed; rows to retry (or returned: not the rows' fault) go round again.
+
+        `retry` rows use up one of their retries; on a rerun both kinds come from the input again.
+        """
+        if self.lanes.find(entry.key_hash):
+            self.lanes.remove(entry.endpoint, entry.tokens)
+        self.journal.closed(entry, retry)
+        self.polls.pop(entry.local, None)
+        again = set(retry) | set(returned)
+        if again:
+            self.retry_queue.append((entry, again))
+        else:
+            self._remove_files(entry)
+
+    def _remove_files(self, entry) -> None:
+        for suffix in (".jsonl", ".rows.jsonl", ".out.jsonl", ".err.jsonl"):
+            try:
+                os.unlink(self.journal.dir / f"{entry.local}{suffix}")
+            except FileNotFoundError:
+                pass
+
+    # ---- status -------------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        w = self.job.writer
+        ok, failed = w.durable_ok - self._seen[0], w.durable_failed - self._seen[1]
+        if ok or failed:
+            self._seen = (w.durable_ok, w.durable_failed)
+            self._meter.add(ok + failed)
+            if self.progress:
+                self.progress(ok, failed)
+
+    def _check_stop_file(self) -> None:
+        if self.status_file is not None and check_stop(self.status_file, os.getpid()) is not None:
+            self._by_request = True
+            self.request_stop("stop requested (--stop)")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S:
+            self._status_at = now
+            self._write_status("stopping" if self._stop else "running")
+
+    def status(self, state: str) -> dict:
+        ck = self.job.checkpoint
+        rate = self._meter.rate()
+        eta = (self.total - ck.processed_count) / rate if self.total and rate > 0 else None
+        batches = [{"local": e.local, "id": e.batch_id, "endpoint": e.endpoint, "state": e.state,
+                    "status": e.status or e.state, "rows": len(e.keys), "counts": e.counts}
+                   for e in self.journal.open_batches()]
+        return {"run": self.cfg.name, "state": state, "via": "batch", "pid": os.getpid(),
+                "started_at": self.started_at, "updated_at": time.time(), "input": self.cfg.input,
+                "output": str(self.job.writer.output_path), "total": self.total, "done": ck.processed_count,
+                "ok": ck.ok, "failed": ck.failed, "in_flight": sum(b["rows"] for b in batches),
+                "retry_waiting": sum(len(k) for _, k in self.retry_queue), "rows_per_s": round(rate, 3),
+                "eta_s": eta, "elapsed_s": round(self.elapsed(), 3),
+                "models": {self.job.alias: {"done": ck.processed_count, "ok": ck.ok, "failed": ck.failed}},
+                "workers": [], "endpoints": self.lanes.snapshot(), "batches": batches,
+                **({"cache": self.cache.figures(self.job)} if self.cache is not None else {})}
+
+    def _write_status(self, state: str) -> None:
+        if self.status_file is None:
+            return
+        try:
+            write_status(self.status_file, self.status(state))
+        except OSError as err:
+            log.warning("cannot write status file %s: %s", self.status_file, err)
+
+    def summary(self, state: str, already_done: int) -> dict:
+        summary = build_summary({self.job.alias: self.job.stats}, elapsed=time.monotonic() - self._started,
+                                endpoints=self.lanes.snapshot(), state=state, already_done=already_done,
+                                outputs={self.job.alias: str(self.job.writer.output_path)})
+        summary["failed_total"] = self.job.checkpoint.failed
+        summary["via"] = "batch"
+        summary["batch_price_factor"] = self.cfg.batch_price
+        summary["batches_created"] = self.submit.created
+        summary["batches_open"] = len(self.journal.open_batches()) if self.journal.path.exists() else 0
+        if self.cache is not None:
+            summary["cache"] = self.cache.figures(self.job)
+        return summary
+
+
+def _batch_reason(batch) -> str:
+    errors = getattr(batch, "errors", None)
+    data = getattr(errors, "data", None) or []
+    detail = "; ".join(f"{e.code}: {e.message}" for e in data if e is not None)
+    return f"batch {batch.id} {batch.status}" + (f" ({detail})" if detail else "")
+
+
+def _install_signals(stop):
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = lambda signum, frame: stop(signal.Signals(signum).name)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous) -> None:
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, handler)
+
