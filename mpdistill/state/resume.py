@@ -12,17 +12,14 @@ import bisect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .checkpoint import CheckpointManager, backup_file
-from .fingerprint import (RESUME_BY_ID, WAYS_OUT, JobCheck, check_job, config_fingerprint,  # noqa: F401
-                          input_unchanged, record_job)
+from .fingerprint import JobCheck, check_job, config_fingerprint, record_job  # noqa: F401 (api reads it here)
+from .legacy import Lookup, adopt_checkpoint, check_legacy, check_unrecorded
 from ..errors import CheckpointError, ConfigError, OutputMismatchError
 from ..outputs.scan import Scan, count_lines, scan_file
 
 log = logging.getLogger(__name__)
-
-Lookup = Callable[[set], dict]   # identities -> their input lines (the source's `find_keys`)
 
 
 @dataclass(frozen=True)
@@ -81,50 +78,13 @@ def load_or_rebuild(ckpt: CheckpointManager, legacy: Path | None = None, input_p
     then saved under the new name); an unreadable one is backed up and rebuilt from the output."""
     try:
         if not ckpt.path.exists() and legacy is not None and legacy.exists():
-            return _adopt(ckpt, legacy, input_path, fingerprint)
+            return adopt_checkpoint(ckpt, legacy, input_path, fingerprint)
         return ckpt.load()
     except CheckpointError as err:
         backup = backup_file(ckpt.path) if ckpt.path.exists() else None
         log.warning("checkpoint unusable (%s); kept as %s, rebuilding from the output", err, backup)
         ckpt.reset()
         return False
-
-
-def _adopt(ckpt: CheckpointManager, legacy: Path, input_path: Path | None, fingerprint: str) -> bool:
-    """Load a checkpoint named the old way (after the model) when it is this job's: same input and
-    settings. From now on it lives under the output's name; another job's is left alone."""
-    own, ckpt.path = ckpt.path, legacy
-    try:
-        loaded = ckpt.load()
-    finally:
-        ckpt.path = own
-    if not loaded:
-        return False
-    fp = ckpt.meta.get("input_fingerprint")
-    theirs = ckpt.meta.get("config_fingerprint") not in (None, fingerprint) or (
-        fp and input_path is not None and not input_unchanged(fp, input_path))
-    if theirs:
-        log.info("checkpoint %s belongs to another job (another input or settings); not used", legacy)
-        ckpt.reset()
-        return False
-    log.info("checkpoint %s (named after the model, as older versions did) is now %s", legacy, own)
-    ckpt.meta["adopted_from"] = str(legacy)
-    return True
-
-
-def check_legacy(ckpt: CheckpointManager, input_path: Path | None, fingerprint: str, resume_by_id: bool) -> bool:
-    """An output with no job record (an older version's): its checkpoint's fingerprints decide.
-    Returns whether to resume by id; refuses another job's checkpoint or a changed input."""
-    if ckpt.meta.get("config_fingerprint") not in (None, fingerprint):
-        raise OutputMismatchError(f"checkpoint {ckpt.path} was saved by a job with other settings "
-                                  f"(model, params, system prompt or format); {WAYS_OUT}")
-    fp = ckpt.meta.get("input_fingerprint")
-    if fp and input_path is not None and not input_unchanged(fp, input_path):
-        if resume_by_id:
-            return True
-        raise OutputMismatchError(f"the input {input_path} changed since checkpoint {ckpt.path} was saved; "
-                                  f"{RESUME_BY_ID}")
-    return resume_by_id
 
 
 def disagreement(ckpt: CheckpointManager, output: Path, errors: Path, lines: tuple[int, int]) -> str | None:
@@ -231,9 +191,11 @@ def prepare(ckpt: CheckpointManager, files, *, input_path: Path | None, job: dic
         legacy = None
     check: JobCheck = check_job(files, job, input_path, resume_by_id)
     by_id = check.by_id
+    if check.record is None and not restart and not by_id:
+        by_id = check_unrecorded(output, lookup, input_path, resume_by_id)
     loaded = load_or_rebuild(ckpt, legacy, input_path, fingerprint)
     if loaded and check.record is None:
-        by_id = check_legacy(ckpt, input_path, fingerprint, resume_by_id)
+        by_id = check_legacy(ckpt, input_path, fingerprint, by_id)
     if retry_failed:
         _retry_failed(ckpt, errors)
         loaded = False

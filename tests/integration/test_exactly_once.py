@@ -183,3 +183,61 @@ def test_checkpoint_claiming_rows_never_written_loses(workdir, mock_server):
     assert "the output wins" in proc.stderr
     assert mock_server.stats()["requests"] == 20
     _assert_exact(workdir, {f"r{i}" for i in range(30)})
+
+
+def test_output_of_an_older_version_is_checked_against_an_edited_input(workdir, mock_server):
+    """An output with no job record (an older version's): an edited input is still refused; by id it resumes."""
+    rows = _rows(20)
+    write_jsonl(workdir.input, rows)
+    assert workdir.run().returncode == 0
+    workdir.output.with_name("results.job.json").unlink()
+    write_jsonl(workdir.input, [{"id": "new", "prompt": "inserted"}, *rows])
+    mock_server.reset_stats()
+    proc = workdir.run()
+    assert proc.returncode == 2 and "no longer matches" in proc.stderr, proc.stderr
+    proc = workdir.run("--resume-by-id")
+    assert proc.returncode == 0, proc.stderr
+    assert mock_server.stats()["requests"] == 1
+    _assert_exact(workdir, {"new", *(r["id"] for r in rows)})
+
+
+def test_checkpoint_named_after_the_model_still_loads(workdir, mock_server):
+    """A checkpoint an older version named after the model is adopted, renamed, and resumes exactly."""
+    from mpdistill.state.fingerprint import fingerprint_input
+    write_jsonl(workdir.input, _rows(30))
+    assert workdir.run("--limit", "12").returncode == 0
+    (path,) = workdir.checkpoints.glob("*_checkpoint.pkl")
+    ckpt = CheckpointManager(path=path)
+    assert ckpt.load()
+    ckpt.meta["input_fingerprint"] = {k: v for k, v in fingerprint_input(workdir.input).items() if k != "sha256"}
+    old = workdir.checkpoints / "mock-model_checkpoint.pkl"
+    ckpt.path = old
+    ckpt.save()
+    path.unlink()
+    workdir.output.with_name("results.job.json").unlink()
+    mock_server.reset_stats()
+    proc = workdir.run()
+    assert proc.returncode == 0, proc.stderr
+    assert mock_server.stats()["requests"] == 18 and not old.exists()
+    _assert_exact(workdir, {f"r{i}" for i in range(30)})
+
+
+def test_checkpoint_clear_respects_a_running_run(tmp_path):
+    """`test_checkpoint.py clear` exits 2 naming the holder while a run holds the output; nothing removed."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, clean_env
+    with MockServer(latency_ms=50) as server:
+        wd = Workdir(tmp_path, server.url)
+        write_jsonl(wd.input, _rows(60))
+        proc = wd.popen("--checkpoint-interval", "2", processes=2)
+        try:
+            assert wait_for(lambda: list(wd.checkpoints.glob("*_checkpoint.pkl")), 30, proc)
+            clear = subprocess.run([sys.executable, str(ROOT / "test_checkpoint.py"), "clear",
+                                    "--checkpoint-dir", str(wd.checkpoints)], cwd=tmp_path, env=clean_env(),
+                                   capture_output=True, text=True, timeout=60)
+            assert clear.returncode == 2 and f"pid {proc.pid}" in clear.stderr, clear.stderr
+            assert list(wd.checkpoints.glob("*_checkpoint.pkl"))
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
