@@ -111,7 +111,23 @@ def write_results(path: Path, *, mode: str, started: float, server_line: str, ce
     if notes:
         lines += ["", "## Notes", ""] + [f"```\n{n}\n```" if "\n" in n else f"- {n}" for n in notes]
     lines += ["", "## How each figure is taken", "", *HOW]
+    lines += _kept_sections(path)
     path.write_text("\n".join(lines) + "\n")
+
+
+# Sections other benchmarks write into RESULTS.md (bench/batch.py); a full run keeps them.
+_KEPT = ("## Batch mode (--via batch)",)
+
+
+def _kept_sections(path: Path) -> list[str]:
+    old = path.read_text() if path.exists() else ""
+    kept = []
+    for title in _KEPT:
+        if title in old:
+            start = old.index(title)
+            end = old.find("\n## ", start + len(title))
+            kept += ["", old[start:end if end >= 0 else len(old)].rstrip()]
+    return kept
 
 
 def print_table(figures) -> None:

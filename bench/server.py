@@ -95,9 +95,10 @@ class NginxServer:
     kind = "nginx"
 
     def __init__(self, delays_ms=(0, 200), rate: float = 50, burst: int = 5, rate_delay_ms: int = 50,
-                 workers: int = 1) -> None:
+                 workers: int = 1, strict: dict | None = None) -> None:
         self.delays_ms, self.rate, self.burst = tuple(delays_ms), rate, burst
         self.rate_delay_ms, self.workers = rate_delay_ms, workers
+        self.strict = dict(strict or {})   # route name -> r/s of a limit_req without burst
         self.version = nginx_version()
         self.port = 0
         self.prefix: Path | None = None
@@ -111,6 +112,17 @@ class NginxServer:
 
     def rate_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/rl/v1"
+
+    def strict_url(self, name: str) -> str:
+        """The base URL of strict route `name` (limit_req at its rate, no burst: even pacing only)."""
+        return f"http://127.0.0.1:{self.port}/{name}/v1"
+
+    def set_strict_rate(self, name: str, rate: float) -> None:
+        """Change a strict route's limit now (nginx reloads its config; the zone's state is kept)."""
+        self.strict[name] = rate
+        (self.prefix / "nginx.conf").write_text(self._config())
+        self._proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)   # new nginx workers take over within a few ms; be sure before going on
 
     def start(self) -> NginxServer:
         self.prefix = Path(tempfile.mkdtemp(prefix="mpdistill-bench-nginx-"))
@@ -136,7 +148,15 @@ class NginxServer:
             locations.append(f"        location = /d{ms}/v1/chat/completions {{\n"
                              f"            echo_read_request_body;\n{sleep}"
                              f"            echo '{{{{BODY}}}}';\n        }}\n")
-        values = {"LOAD_MODULE": echo_module() or "", "WORKERS": str(self.workers), "PREFIX": str(self.prefix),
+        zones = "".join(f"    limit_req_zone $server_port zone=bench_{name}:1m rate={rate:g}r/s;\n"
+                        for name, rate in self.strict.items())
+        strict = "".join(f"        location = /{name}/v1/chat/completions {{\n"
+                         f"            limit_req zone=bench_{name};\n"
+                         f"            error_page 429 = @rate_limited;\n"
+                         f"            echo_read_request_body;\n"
+                         f"            echo_sleep {self.rate_delay_ms / 1000:.3f};\n"
+                         f"            echo '{{{{BODY}}}}';\n        }}\n" for name in self.strict)
+        values = {"STRICT_ZONES": zones, "STRICT_LOCATIONS": strict, "LOAD_MODULE": echo_module() or "", "WORKERS": str(self.workers), "PREFIX": str(self.prefix),
                   "RATE": f"{self.rate:g}", "BURST": str(self.burst), "PORT": str(self.port),
                   "RATE_DELAY_S": f"{self.rate_delay_ms / 1000:.3f}",
                   "DELAY_LOCATIONS": "".join(locations)}

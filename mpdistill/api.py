@@ -26,9 +26,11 @@ from .engine.keypool import KeyPool
 from .logs import register_secrets
 from .state.resume import ResumeInfo, config_fingerprint, prepare
 from .engine.runner import Job, Runner
-from .inputs.jsonl import JsonlSource, identity_lookup, python_rows
+from .inputs.jsonl import JsonlSource, LineRange, identity_lookup, python_rows
 from .report.hooks import on_finish, open_observers
 from .report.stats import format_summary
+from .state.stopfile import wait_between_rounds
+from .state.writable import check_file, check_run_paths
 from .engine.worker import WorkerSpec
 from .engine.writer import Writer
 
@@ -134,6 +136,7 @@ def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int
               lookup=None) -> tuple[Job, ResumeInfo]:
     files = spec.files(cfg.checkpoint_dir)
     ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, start=start, path=files.checkpoint)
+    check_file(ckpt.path, "checkpoint")
     fields = job_fields(cfg, spec)
     info = prepare(ckpt, files, input_path=input_path, job={**fields, "output_format": cfg.output_format},
                    fingerprint=config_fingerprint(fields), restart=cfg.restart, retry_failed=cfg.retry_failed,
@@ -168,7 +171,8 @@ def _open_source(cfg: RunConfig, rows):
         return source, source.count(follow=cfg.follow), None, source.base_dir
     if cfg.template or cfg.start is not None or cfg.end is not None:
         raise ConfigError("--pattern/--start/--end/--template need -i to be a folder of numbered files")
-    source = JsonlSource(path, max_line_bytes=cfg.max_line_bytes)
+    byte_range = LineRange(*cfg.input_range) if cfg.input_range else None
+    source = JsonlSource(path, max_line_bytes=cfg.max_line_bytes, byte_range=byte_range)
     return source, None if cfg.follow else source.count(), source.path, source.base_dir
 
 
@@ -189,26 +193,30 @@ def _start_position(jobs: list[Job]):
 
 def run(cfg: RunConfig, rows: Iterable[dict] | None = None, *, jobs: list[JobSpec] | None = None,
         job_endpoints: tuple[Endpoint, ...] = (), announce: Callable[[str], None] | None = None,
-        progress: bool | None = None) -> dict:
+        progress: bool | None = None, keypool_factory: Callable[[list[Endpoint]], KeyPool] | None = None) -> dict:
     """Run a whole job (one or several models over the same rows) and return its summary.
 
     `job_endpoints` are endpoints of particular models (a model config's own base_url/key); the
     run's endpoints serve the rest, or the built-in mock when no key is configured at all.
     After the run (its files closed), `cfg.on_finish` runs with the output paths in its environment.
+    `keypool_factory` replaces the run's own KeyPool with one that has its interface (a cluster
+    shard's pool that leases its budget from a service shared by every shard).
     """
-    summary = _run(cfg, rows, jobs, job_endpoints, announce or log.info, progress)
+    summary = _run(cfg, rows, jobs, job_endpoints, announce or log.info, progress, keypool_factory)
     if cfg.on_finish and summary is not None:
         summary = on_finish(cfg.on_finish, summary)
     return summary
 
 
-def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
+def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress, keypool_factory=None) -> dict:
     with ExitStack() as stack:
         cfg = _with_endpoints(cfg, jobs, tuple(job_endpoints), stack, announce)
-        register_secrets(e.api_key for e in cfg.endpoints)
+        register_secrets(s for e in cfg.endpoints for s in e.secrets)
         if rows is None:
             cfg = _with_input(cfg, announce)
         specs = jobs or default_jobs(cfg)
+        check_run_paths([s.output for s in specs], [_summary_path(specs)] + [
+            s.files(cfg.checkpoint_dir).errors for s in specs], cfg.checkpoint_dir)
         lock_outputs(cfg, specs, stack)
         source, total, input_path, base_dir = _open_source(cfg, rows)
         first_key = getattr(source, "start", 1)
@@ -225,8 +233,9 @@ def _run(cfg: RunConfig, rows, jobs, job_endpoints, announce, progress) -> dict:
             announce(f"Nothing to do: all {total} rows are already done (output: {specs[0].output})")
         spec = WorkerSpec(endpoints=cfg.endpoints, timeout=cfg.timeout, concurrency=cfg.concurrency,
                           image_max_side=cfg.image_max_side, base_dir=base_dir,
-                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes)
-        keypool = KeyPool(list(cfg.endpoints))
+                          image_roots=cfg.image_roots, max_image_bytes=cfg.max_image_bytes, mode=cfg.mode,
+                          max_response_bytes=cfg.max_response_bytes)
+        keypool = (keypool_factory or KeyPool)(list(cfg.endpoints))
         observer = open_observers(cfg, stack)
         cache = _open_cache(cfg, base_dir, stack)
         summary = None
@@ -293,8 +302,10 @@ def _rounds(cfg: RunConfig, jobs: list[Job], source, rows, keypool, spec, total,
             return
         number += 1
         if cfg.delay:
-            announce(f"Next round in {cfg.delay:g} s (Ctrl-C to stop; the checkpoint is saved)")
-            time.sleep(cfg.delay)
+            announce(f"Next round in {cfg.delay:g} s (--stop or Ctrl-C to stop; the checkpoint is saved)")
+        if not wait_between_rounds(cfg.status_path, cfg.delay):
+            announce(f"Stopped between rounds (--stop); round {number} starts when the same command is rerun")
+            return
 
 
 def _finish(runner: Runner, state: str, specs: list[JobSpec], announce) -> dict:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,11 +42,13 @@ class RunConfig:
     retry_max: float = 60.0
     processes: int = 64
     concurrency: int = 1
+    mode: str = "process"            # process | thread | async: how workers make their calls
     limit: int | None = None
     image_max_side: int | None = None
     image_roots: tuple[str, ...] = ()     # folders local images may come from, besides the input's
     max_image_bytes: int = 20 * 1024 * 1024
     max_line_bytes: int = 20 * 1024 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024   # a longer answer fails its row
     checkpoint_interval: int = 10
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "logs"
@@ -87,6 +91,7 @@ class RunConfig:
     cache: str | None = None         # response cache (SQLite file); None: off
     cache_only: bool = False         # answer from the cache only; misses fail
     cache_sampled: bool = False      # cache requests with temperature > 0 too
+    input_range: tuple[int, int, int] | None = None   # one shard's lines: (begin byte, end byte, first line)
 
     @property
     def name(self) -> str:
@@ -177,20 +182,21 @@ def status_path(checkpoint_dir: str | Path, run_name: str) -> Path:
 
 # config.py constant → RunConfig field. Only these names may appear in a config.py.
 CONFIG_PY_NAMES = {
-    "PROCESSES": "processes", "CONCURRENCY": "concurrency",
+    "PROCESSES": "processes", "CONCURRENCY": "concurrency", "MODE": "mode",
     "CHECKPOINT_SAVE_INTERVAL": "checkpoint_interval", "CHECKPOINT_DIR": "checkpoint_dir",
     "LOG_DIR": "log_dir", "INPUT_FILE": "input", "OUTPUT_FILE": "output", "MODEL": "model",
     "BASE_URL": "base_url", "SYSTEM_PROMPT": "system", "MAX_TOKENS": "max_tokens",
     "TEMPERATURE": "temperature", "TIMEOUT": "timeout", "MAX_RETRIES": "max_retries",
     "RETRY_BASE_DELAY": "retry_base", "RETRY_MAX_DELAY": "retry_max", "GRACE_PERIOD": "grace",
     "MAX_OUTAGE": "max_outage", "IMAGE_MAX_SIDE": "image_max_side",
-    "MAX_LINE_BYTES": "max_line_bytes", "IMAGE_ROOTS": "image_roots", "MAX_IMAGE_BYTES": "max_image_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
+    "MAX_LINE_BYTES": "max_line_bytes", "MAX_RESPONSE_BYTES": "max_response_bytes",
+    "IMAGE_ROOTS": "image_roots", "MAX_IMAGE_BYTES": "max_image_bytes", "RPM": "rpm", "TPM": "tpm", "ENDPOINTS_FILE": "endpoints_file",
 }
 
 # environment variable → RunConfig field
 ENV_NAMES = {
     "OPENAI_API_KEY": "api_key", "OPENAI_BASE_URL": "base_url", "MPDISTILL_MODEL": "model",
-    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_ENDPOINTS": "endpoints_file",
+    "MPDISTILL_PROCESSES": "processes", "MPDISTILL_MODE": "mode", "MPDISTILL_ENDPOINTS": "endpoints_file",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -278,7 +284,7 @@ def check_values(values: Mapping[str, Any], where: str) -> dict:
     for key, value in values.items():
         if key not in _FIELDS:
             raise ConfigError(f"{where}: unknown setting {key!r}")
-        out[key] = coerce(key, value, where) if key not in ("params", "endpoints") else value
+        out[key] = coerce(key, value, where) if key not in ("params", "endpoints", "input_range") else value
     return out
 
 
@@ -286,7 +292,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Reject values no run can use, with a message naming the setting."""
     positive = {"processes": cfg.processes, "concurrency": cfg.concurrency,
                 "checkpoint_interval": cfg.checkpoint_interval, "timeout": cfg.timeout,
-                "max_line_bytes": cfg.max_line_bytes, "max_image_bytes": cfg.max_image_bytes}
+                "max_line_bytes": cfg.max_line_bytes, "max_image_bytes": cfg.max_image_bytes,
+                "max_response_bytes": cfg.max_response_bytes}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
@@ -294,6 +301,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 (got {value})")
+    if cfg.mode not in ("process", "thread", "async"):
+        raise ConfigError(f"mode must be process, thread or async (got {cfg.mode!r})")
     if cfg.output_format not in ("mpdistill", "openai-batch"):
         raise ConfigError(f"output_format must be mpdistill or openai-batch (got {cfg.output_format!r})")
     if cfg.response_format not in ("text", "json"):
@@ -312,6 +321,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"trace must be otlp (got {cfg.trace!r})")
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
         raise ConfigError(f"metrics_port must be a port number 0-65535 (got {cfg.metrics_port})")
+    if cfg.input_range is not None and (cfg.follow or cfg.iterations != 1):
+        raise ConfigError("a shard of a cluster job reads a fixed byte range: no --follow or --iterations")
     return cfg
 
 
@@ -333,6 +344,27 @@ def _check_batch(cfg: RunConfig) -> None:
         raise ConfigError(f"batch_max_tokens must be > 0 (got {cfg.batch_max_tokens})")
     if not 0 <= cfg.batch_price:
         raise ConfigError(f"batch_price must be >= 0 (got {cfg.batch_price})")
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+def read_env_file(path: Path) -> bool:
+    """Load a `.env` file into os.environ (variables already set win); warn if others can read its keys."""
+    from dotenv import dotenv_values, load_dotenv
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        mode = path.stat().st_mode
+        holds_key = any(value and _SECRET_NAME.search(name) for name, value in dotenv_values(path).items())
+    except (OSError, UnicodeDecodeError):
+        return False     # load_dotenv below reports nothing either: an unreadable .env sets nothing
+    if holds_key and mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "%s holds an API key and is readable by group or others (mode %03o): run chmod 600 %s",
+            path, mode & 0o777, path)
+    return load_dotenv(path, override=False)
 
 
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,

@@ -18,6 +18,8 @@
     │   │   ├── BadResponseError    a 2xx that cannot be used (malformed JSON, no choices)
     │   │   └── WorkerLostError     the worker process died during the call
     │   ├── RejectedError           400, 404, 422 and other 4xx: the row fails at once
+    │   ├── RedirectError           a redirect to another origin: not followed, the row fails
+    │   ├── ResponseTooLargeError   an answer over --max-response-bytes: the row fails
     │   └── AuthError               401, 403: that key is disabled
     ├── CheckpointError             a checkpoint file that cannot or must not be loaded
     ├── OutputError                 the output cannot be written (disk full, permissions)
@@ -109,6 +111,14 @@ class RejectedError(CallError):
     """HTTP 400/404/422 (and other 4xx): the request itself is wrong; the row fails."""
 
 
+class RedirectError(CallError):
+    """A 3xx to another origin: following it would send the prompt elsewhere; the row fails."""
+
+
+class ResponseTooLargeError(CallError):
+    """The answer exceeds --max-response-bytes; reading stops and the row fails."""
+
+
 class AuthError(CallError):
     """HTTP 401/403: the key is not accepted; that key is disabled."""
 
@@ -127,7 +137,8 @@ class RunAbortedError(MpdistillError):
 
 _CALL_ERRORS = {cls.__name__: cls for cls in (
     CallError, TransientError, CallTimeoutError, ConnectError, RateLimitError, ServerError,
-    BadResponseError, WorkerLostError, RejectedError, AuthError, RowError, RowFormatError, ImageError)}
+    BadResponseError, WorkerLostError, RejectedError, RedirectError, ResponseTooLargeError, AuthError,
+    RowError, RowFormatError, ImageError)}
 
 
 def to_info(err: MpdistillError) -> dict:

@@ -7,18 +7,36 @@ import sys
 import time
 from pathlib import Path
 
-from .provider.endpoint import mask_key
+from .provider.endpoint import mask_key, mask_url, url_secrets
 
 # Anything shaped like a bearer key, even one we were never told about.
 _KEY_SHAPE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{12,}")
+# A URL that may carry credentials (userinfo, or a query string), anywhere in a message.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[@?][^\s'\"<>]*")
 
 
 _SECRETS: set[str] = set()   # every key this process has been told about (see register_secrets)
 
 
 def register_secrets(secrets) -> None:
-    """Tell the log filters about keys found after logging was set up (endpoint files, task configs)."""
-    _SECRETS.update(s for s in secrets if s and len(s) >= 6)
+    """Tell the log filters about keys found after logging was set up (endpoint files, task configs).
+
+    A URL among them registers the credentials inside it (userinfo, key-like query values).
+    """
+    for secret in secrets:
+        if isinstance(secret, str) and "://" in secret:
+            _SECRETS.update(s for s in url_secrets(secret) if len(s) >= 6)
+        elif secret and len(secret) >= 6:
+            _SECRETS.add(secret)
+
+
+def redact_text(text: str) -> str:
+    """`text` with every registered secret, key-shaped string and URL credential masked."""
+    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, mask_key(secret))
+    return _KEY_SHAPE.sub(lambda m: mask_key(m.group(0)), text)
 
 
 class RedactFilter(logging.Filter):
@@ -33,10 +51,7 @@ class RedactFilter(logging.Filter):
         return sorted(_SECRETS, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, mask_key(secret))
-        return _KEY_SHAPE.sub(lambda m: mask_key(m.group(0)), text)
+        return redact_text(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())

@@ -51,12 +51,30 @@ def line_count(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-class Workdir:
-    """A tmp directory laid out like a user's project, with the CLI run as a real subprocess."""
+MODES = ("process", "thread", "async")
 
-    def __init__(self, root: Path, url: str | None) -> None:
+
+def pool_flags(mode: str, processes: int) -> list[str]:
+    """`-p`, `-c` and `--mode` flags that keep `processes` requests in flight in `mode`."""
+    if mode == "thread":
+        return ["--mode", "thread", "-p", "1", "-c", str(processes)]
+    if mode == "async":
+        workers = min(2, processes)
+        return ["--mode", "async", "-p", str(workers), "-c", str(-(-processes // workers))]
+    return ["-p", str(processes)]
+
+
+class Workdir:
+    """A tmp directory laid out like a user's project, with the CLI run as a real subprocess.
+
+    `mode` (process, thread, async) runs every command in that execution mode with as many
+    requests in flight as `processes` would hold in process mode.
+    """
+
+    def __init__(self, root: Path, url: str | None, mode: str = "process") -> None:
         self.root = root
         self.url = url
+        self.mode = mode
         self.input = root / "input.jsonl"
         self.output = root / "out" / "results.jsonl"
         self.errors = root / "out" / "results.errors.jsonl"
@@ -64,7 +82,7 @@ class Workdir:
         self.checkpoints = root / "checkpoints"
 
     def args(self, *extra: str, processes: int = 4) -> list[str]:
-        base = ["-i", str(self.input), "-o", str(self.output), "-m", "mock-model", "-p", str(processes),
+        base = ["-i", str(self.input), "-o", str(self.output), "-m", "mock-model", *pool_flags(self.mode, processes),
                 "--checkpoint-dir", str(self.checkpoints), "--log-dir", str(self.root / "logs"),
                 "--no-progress", "--retry-base-delay", "0.05", "--retry-max-delay", "0.2"]
         if self.url:

@@ -9,8 +9,7 @@ from typing import Any, Callable
 
 import openai
 
-from ..errors import CallTimeoutError, ConnectError
-from ..provider.client import error_for_status
+from ..provider.client import sdk_errors
 
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
@@ -18,51 +17,43 @@ METADATA_KEY = "mpdistill_batch"
 _FIND_PAGES = 20          # batches.list pages (100 each) searched for a marker
 
 
-def _sdk(fn: Callable, *args, **kwargs) -> Any:
-    """Call the SDK; raise the CallError of the failure."""
-    try:
+def _sdk(api: openai.OpenAI, fn: Callable, *args, **kwargs) -> Any:
+    """Call the SDK; raise the CallError of the failure (the online calls' own mapping)."""
+    with sdk_errors(api):
         return fn(*args, **kwargs)
-    except openai.APITimeoutError as err:
-        raise CallTimeoutError(f"no answer within the timeout ({err.request.url.path})") from err
-    except openai.APIConnectionError as err:
-        raise ConnectError(f"cannot connect ({err.request.url.path}): {err.__cause__ or err}") from err
-    except openai.APIStatusError as err:
-        detail = err.body.get("message") if isinstance(err.body, dict) else None
-        raise error_for_status(err.status_code, f"HTTP {err.status_code}: {detail or err.message}"[:500],
-                               err.response.headers) from err
 
 
 def upload(api: openai.OpenAI, path: Path) -> str:
     """Upload a batch input file; its file id."""
     with open(path, "rb") as f:
-        return _sdk(api.files.create, file=(path.name, f), purpose="batch").id
+        return _sdk(api, api.files.create, file=(path.name, f), purpose="batch").id
 
 
 def create(api: openai.OpenAI, file_id: str, marker: str) -> Any:
     """Create the batch of `file_id`, tagged with `marker` so a rerun can find it."""
-    return _sdk(api.batches.create, input_file_id=file_id, endpoint=ENDPOINT, completion_window=WINDOW,
+    return _sdk(api, api.batches.create, input_file_id=file_id, endpoint=ENDPOINT, completion_window=WINDOW,
                 metadata={METADATA_KEY: marker})
 
 
 def find(api: openai.OpenAI, marker: str) -> Any | None:
     """The batch created under `marker`, searched among the newest batches of this key; None if absent."""
-    page = _sdk(api.batches.list, limit=100)
+    page = _sdk(api, api.batches.list, limit=100)
     for _ in range(_FIND_PAGES):
         for batch in page.data:
             if (batch.metadata or {}).get(METADATA_KEY) == marker:
                 return batch
         if not page.has_next_page():
             return None
-        page = _sdk(page.get_next_page)
+        page = _sdk(api, page.get_next_page)
     return None
 
 
 def retrieve(api: openai.OpenAI, batch_id: str) -> Any:
-    return _sdk(api.batches.retrieve, batch_id)
+    return _sdk(api, api.batches.retrieve, batch_id)
 
 
 def cancel(api: openai.OpenAI, batch_id: str) -> Any:
-    return _sdk(api.batches.cancel, batch_id)
+    return _sdk(api, api.batches.cancel, batch_id)
 
 
 def download(api: openai.OpenAI, file_id: str, path: Path) -> Path:
@@ -71,5 +62,5 @@ def download(api: openai.OpenAI, file_id: str, path: Path) -> Path:
         with api.files.with_streaming_response.content(file_id) as response, open(path, "wb") as f:
             for chunk in response.iter_bytes():
                 f.write(chunk)
-    _sdk(fetch)
+    _sdk(api, fetch)
     return path

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import RejectedError, TransientError
 from ..engine import retry
 from ..outputs import records
-from ..provider.client import error_for_status, parse_response, wants_json, with_extracted
+from ..provider.answer import completion_from_body, wants_json, with_extracted
+from ..provider.client import error_for_status
 from ..state.batches import BatchEntry
 from . import crash
 from .pack import key_of, row_of
@@ -89,9 +90,8 @@ class Collector:
         if response is None or response.get("status_code") != 200:
             self._fail(key, meta, _line_error(response, error))
             return
-        body = json.dumps(response.get("body")).encode()
         try:
-            completion = parse_response(200, body, {})
+            completion = completion_from_body(response.get("body"))
             if wants_json(meta["body"]):
                 completion = with_extracted(completion)
         except TransientError as err:

@@ -80,7 +80,7 @@ class Lanes:
         return self._lanes[name].disabled is not None
 
     def snapshot(self) -> list[dict]:
-        return [{"name": name, "base_url": la.endpoint.base_url, "key": la.endpoint.masked_key,
+        return [{"name": name, "base_url": la.endpoint.display_url, "key": la.endpoint.masked_key,
                  "batches_in_flight": la.batches, "tokens_enqueued": la.tokens, "batches_created": la.created,
                  "max_batches": la.max_batches, "max_tokens": la.max_tokens,
                  "disabled": la.disabled is not None, "disabled_reason": la.disabled}

@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 
-from ..errors import AuthError, CallError, RunAbortedError, TransientError
+from ..errors import AuthError, CallError, CheckpointError, RunAbortedError, TransientError
 from ..inputs.jsonl import BadRow, Blank, Idle
 from ..outputs import records
 from ..report.stats import RateMeter, build_summary
@@ -51,6 +51,8 @@ class BatchRunner:
         self.retry_queue: deque = deque()        # (entry, keys) of closed batches to pack again
         self.polls: dict[str, float] = {}        # local -> next poll time
         self.exhausted = False
+        self._taken = 0                          # rows taken from the input (for --limit)
+        self._limited = False
         self._stop: str | None = None
         self._by_request = False
         self._seen = (0, 0)
@@ -70,6 +72,8 @@ class BatchRunner:
         previous = _install_signals(self.request_stop)
         self.job.writer.start()
         try:
+            if self.cfg.restart:
+                self._set_journal_aside()
             self.journal.load()
             self._reattach()
             self._loop()
@@ -85,6 +89,19 @@ class BatchRunner:
             log.warning("%s: no new batches; %d open batch(es) are left for the next run to collect",
                         reason, len(self.journal.open_batches()))
             self._stop = reason
+
+    def _set_journal_aside(self) -> None:
+        """--restart: the old job's batches are not this job's; keep their journal as a backup."""
+        old = BatchJournal(self.journal.path)
+        if not old.path.exists():
+            return
+        old.load()
+        aside = old.path.with_name(f"{old.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        old.path.replace(aside)
+        opened = [e.batch_id or e.local for e in old.open_batches()]
+        if opened:
+            log.warning("--restart: %d batch(es) of the old job are left at the provider (%s); their "
+                        "journal is kept as %s", len(opened), ", ".join(opened[:5]), aside.name)
 
     def _reattach(self) -> None:
         """Batches of earlier runs: count them against their endpoints; drop files of closed ones."""
@@ -141,15 +158,19 @@ class BatchRunner:
             self.job.writer.stop()
         finally:
             self.journal.close()
-        self._progress()
-        self.complete = not self._stop and not self._has_work() and not self.cfg.cancel_batches
+        self._progress(raise_errors=False)
+        self.complete = (not self._stop and not self._has_work() and not self.cfg.cancel_batches
+                         and not self._limited)
         ckpt = self.job.checkpoint
         ckpt.elapsed = self.elapsed()
         if self.complete:
             ckpt.clear()
             self.journal.clear()
         else:
-            ckpt.save()
+            try:
+                ckpt.save()
+            except CheckpointError as err:
+                log.error("%s (the output is intact; the next run rebuilds from it)", err)
         self._write_status("finished" if self.complete else "stopped")
 
     def elapsed(self) -> float:
@@ -160,6 +181,9 @@ class BatchRunner:
     def next_row(self):
         """The next input row that needs a batch (bad rows go to the errors file on the way)."""
         while not self.exhausted:
+            if self.cfg.limit is not None and self._taken >= self.cfg.limit:
+                self.exhausted = self._limited = True
+                return None
             entry = next(self.rows, None)
             if entry is None or isinstance(entry, Idle):
                 self.exhausted = True
@@ -169,6 +193,7 @@ class BatchRunner:
                 continue
             if self.job.checkpoint.is_done(entry.key) or self.journal.owns(entry.key):
                 continue
+            self._taken += 1
             if isinstance(entry, BadRow):
                 self.job.writer.add_error(entry.key, entry.end_offset, records.bad_row_record(entry))
                 self.job.stats.failed += 1
@@ -260,8 +285,10 @@ class BatchRunner:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def _progress(self) -> None:
+    def _progress(self, raise_errors: bool = True) -> None:
         w = self.job.writer
+        if w.error is not None and raise_errors:
+            raise w.error   # disk full, permissions: the run stops, what is durable stays
         ok, failed = w.durable_ok - self._seen[0], w.durable_failed - self._seen[1]
         if ok or failed:
             self._seen = (w.durable_ok, w.durable_failed)
@@ -312,6 +339,8 @@ class BatchRunner:
         summary["failed_total"] = self.job.checkpoint.failed
         summary["via"] = "batch"
         summary["batch_price_factor"] = self.cfg.batch_price
+        if summary.get("cost") is not None and self.cfg.batch_price > 0:
+            summary["cost_at_online_price"] = round(summary["cost"] / self.cfg.batch_price, 6)
         summary["batches_created"] = self.submit.created
         summary["batches_open"] = len(self.journal.open_batches()) if self.journal.path.exists() else 0
         if self.cache is not None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import MOCK_MODEL, RunConfig, build_config
+from ..config import MOCK_MODEL, RunConfig, build_config, read_env_file
 from ..state.files import safe_name
 from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
 
@@ -90,7 +90,11 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run = p.add_argument_group("running")
     run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
-    run.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    run.add_argument("--mode", choices=("process", "thread", "async"),
+                     help="how workers make calls: process (default; -p processes × -c threads), thread "
+                          "(one process, -c threads), async (-p processes, each an event loop with -c calls)")
+    run.add_argument("--timeout", type=float, help="total seconds per request, connect to last byte (default 120)")
+    run.add_argument("--max-response-bytes", type=int, help="a longer answer fails its row (default 16 MiB)")
     run.add_argument("--max-retries", type=int, help="retries per row after the first attempt (default 5)")
     run.add_argument("--retry-base-delay", dest="retry_base", type=float, help="first backoff in seconds (default 1)")
     run.add_argument("--retry-max-delay", dest="retry_max", type=float, help="longest backoff in seconds (default 60)")
@@ -159,8 +163,7 @@ _NOT_CONFIG = {"status", "watch", "once", "interval", "count_rows", "validate", 
 
 def config_from_args(args: argparse.Namespace, env=None):
     """Flags + environment + YAML + config.py → RunConfig."""
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env", override=False)
+    read_env_file(Path.cwd() / ".env")
     cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     yaml_values = _read_yaml(args.config) if args.config else None
     config_py = Path(os.environ.get("MPDISTILL_CONFIG_PY", "config.py"))
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None, prog: str = "mpdistill") -> int:
 
 
 def _dispatch(argv: list[str], prog: str) -> int:
+    from . import cluster
+    if argv and cluster.claims(argv):
+        return cluster.main(argv, prog)
     if argv and argv[0] in COMMANDS:
         command, rest = argv[0], argv[1:]
         if command == "mock-server":
@@ -246,8 +252,7 @@ def run_task_command(argv: list[str], prog: str) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     args = run_parser(f"{prog} run-task").parse_args(argv[1:])
-    from dotenv import load_dotenv
-    load_dotenv(Path.cwd() / ".env", override=False)
+    read_env_file(Path.cwd() / ".env")
     cli = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     from ..tools.taskrun import run_task
     return _run(None, args.verbose, lambda announce: run_task(argv[0], cli, announce), name=Path(argv[0]).stem)
@@ -276,7 +281,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
     """Set up logging, run `job(announce)`, map its summary to an exit code."""
     from ..logs import setup_logging
-    secrets = ([cfg.api_key] + [e.api_key for e in cfg.endpoints] if cfg else []) + _env_secrets()
+    secrets = ([cfg.api_key, cfg.base_url or ""] + [s for e in cfg.endpoints for s in e.secrets]
+               if cfg else []) + _env_secrets()
     log_file = setup_logging(cfg.log_dir if cfg else "logs", safe_name(name or cfg.name), secrets, verbose)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
     if log_file:
@@ -301,7 +307,8 @@ def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
 
 def _env_secrets() -> list[str]:
     keys = os.environ.get("OPENAI_API_KEYS", "").split(",")
-    return [k.strip() for k in keys if k.strip()] + [os.environ.get("OPENAI_API_KEY", "")]
+    return [k.strip() for k in keys if k.strip()] + [os.environ.get(v, "") for v in ("OPENAI_API_KEY",
+                                                                                     "OPENAI_BASE_URL")]
 
 
 def checkpoints_command(argv: list[str]) -> int:

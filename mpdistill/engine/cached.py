@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import MpdistillError
 from ..outputs import records
-from ..provider.client import parse_response
+from ..provider.answer import completion_from_body
 from ..state.cache import CacheMissError, ResponseCache
 from .request import build_request
 
@@ -80,7 +80,7 @@ class RunCache:
                     response = line.get("response") or {}
                     if key is None or response.get("status_code") != 200:
                         continue
-                    completion = parse_response(200, json.dumps(response.get("body")).encode(), {})
+                    completion = completion_from_body(response.get("body"))
                 except (ValueError, AttributeError, MpdistillError) as err:
                     log.debug("not cached: %s", err)
                     continue

@@ -1,21 +1,23 @@
 """Whether a failed call's fault follows its row or its endpoint: the evidence other rows give.
 
-An endpoint is presumed healthy until calls on it fail. A failure of row R on endpoint E is R's own
-fault (a poison row) when E has answered other rows since R first failed on it, or when E's last
-call before R's first failure succeeded. Faults that several rows share, with no success between
-them, are E's. Manager-private, single-threaded; `retry.decide` turns these facts into actions.
+A failure of row R on endpoint E is E's only when other rows failed the same way (same error
+class) on E since E's last success, and E has not answered anyone since R first failed there.
+Otherwise it is R's own (a poison row): E answered others meanwhile, or R is the only row failing
+there. Manager-private, single-threaded; `retry.decide` turns these facts into actions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Hashable
 
+from ..errors import CallTimeoutError, ConnectError
+
 
 @dataclass
 class _Endpoint:
     ok: int = 0                  # calls that succeeded so far
-    last_ok: bool = True         # the latest call to end succeeded (or none has ended yet)
     failing: dict = field(default_factory=dict)   # error class name -> rows failing since the last ok
+    fault: Exception | None = None                # the last fault judged the endpoint's own
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class Health:
         """A call on `endpoint` succeeded: whatever failed before was not the endpoint for good."""
         ep = self._get(endpoint)
         ep.ok += 1
-        ep.last_ok = True
         ep.failing.clear()
+        ep.fault = None
 
     def failed(self, endpoint: str, row: Hashable, marks: dict, kind: str) -> Facts:
         """Record that `row` failed on `endpoint` with an error of class `kind`; the facts before it.
@@ -46,19 +48,34 @@ class Health:
         kept with the row so that it goes away with it.
         """
         ep = self._get(endpoint)
-        if endpoint not in marks:
-            marks[endpoint] = ep.ok
-            row_fault = ep.last_ok
-        else:
-            row_fault = ep.ok > marks[endpoint]
+        mark = marks.setdefault(endpoint, ep.ok)
         rows = ep.failing.setdefault(kind, set())
-        others_failing = bool(rows - {row})
+        others_failing = len(rows) - (row in rows) > 0
         rows.add(row)
-        ep.last_ok = False
+        row_fault = ep.ok > mark or not others_failing
         return Facts(row_fault=row_fault, others_failing=others_failing)
+
+    def down(self, endpoint: str, err: Exception) -> None:
+        """Remember the fault that `retry.decide` judged the endpoint's (for `symptom`)."""
+        self._get(endpoint).fault = err
+
+    def symptom(self) -> str:
+        """How the failing endpoints fail, in words, for the outage messages: "unreachable",
+        "not answering within --timeout", "answering HTTP 503", or several of them."""
+        words = sorted({_symptom(ep.fault) for ep in self._endpoints.values() if ep.fault is not None})
+        return " or ".join(words) or "failing"
 
     def _get(self, endpoint: str) -> _Endpoint:
         ep = self._endpoints.get(endpoint)
         if ep is None:
             ep = self._endpoints[endpoint] = _Endpoint()
         return ep
+
+
+def _symptom(err: Exception) -> str:
+    if isinstance(err, ConnectError):
+        return "unreachable"
+    if isinstance(err, CallTimeoutError):
+        return "not answering within --timeout"
+    status = getattr(err, "status", None)
+    return f"answering HTTP {status}" if status else f"failing ({type(err).__name__})"

@@ -9,35 +9,23 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from mpdistill.provider.endpoint import Endpoint, mask_key
-from mpdistill.errors import ConfigError
-from mpdistill.engine.ratelimit import RECENT_S, Bucket, Meter
-from mpdistill.engine.retry import RetryPolicy, backoff
+from ..errors import ConfigError
+from ..provider.endpoint import Endpoint, mask_key
+from . import hints
+from .adaptive import AdaptiveRate
+from .ratelimit import Bucket
+from .retry import RetryPolicy, backoff
 
 logger = logging.getLogger(__name__)
 
-# A bucket holds BURST_S seconds of its rate. One second is the smallest burst that lets a manager loop
-# waking every few tens of milliseconds spend the whole rate (tokens do not overflow between wake-ups),
-# and it adds at most 1/60 of a minute's budget, so a full bucket does not trip a per-minute server limit.
-# A 429 leaves one request token for the end of the cooldown, so a cooldown never ends in a burst.
 # A request bucket starts with one token (slow start): a full one would send a second of a possibly too high
-# rpm at once, and a server that admits a burst of a few answers most of it 429.
-MIN_RPM = 1.0            # AIMD floor
-DECREASE = 0.7           # the deepest cut one 429 makes
-# A 429 cuts to just under the rate the server admitted (2xx) in the last second: one cut reaches the limit,
-# where ×0.7 steps overshoot below it or, one a second, keep drawing 429s on the way down.
-ADMITTED_MARGIN = 0.97
-# Growth is stated per second of busy traffic and paid per success (a busy endpoint has rpm/60 successes a
-# second): fast (+25 %/s) while below 95 % of the last rate that drew a 429, then slow probing (+0.25 % of
-# that rate per second), so the rate sits just under the server's limit and 429s stay well under 1 %.
-FAST_GROWTH = 0.25
-SLOW_GROWTH = 0.0025
-NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
+# rpm at once, and a server that admits a burst of a few answers most of it 429. The adaptive rate (AIMD,
+# pacing) of each endpoint lives in `adaptive`; a 429 leaves one request token for the end of the cooldown,
+# so a cooldown never ends in a burst.
 # A short Retry-After is paced, not waited out: the endpoint cools down one request interval and the cut
 # rate does the slowing (nginx-style limiters say `Retry-After: 1` whatever the rate, and waiting a whole
 # second on each 429 costs a second of traffic). A longer one, or any once a cut brought no 2xx, is obeyed.
@@ -48,8 +36,6 @@ HINT_MAX_S = 3600.0      # server hints (Retry-After, reset headers) are honoure
 # Cooldowns keep at least 3/4 of their exponential step: several runs sharing a key spread out
 # without a cooldown ever shrinking to nothing.
 COOLDOWN_JITTER = 0.25
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(eq=False)
@@ -58,11 +44,8 @@ class _State:
 
     endpoint: Endpoint
     index: int
-    requests: Bucket | None          # None: unlimited requests (until a 429 teaches a limit)
+    rate: AdaptiveRate               # requests: configured rpm, 429 cuts, probing, even pacing
     tokens: Bucket | None            # None: unlimited tokens
-    current_rpm: float | None
-    sent: Meter = field(default_factory=Meter)
-    oks: Meter = field(default_factory=Meter)
     in_flight: int = 0
     n_requests: int = 0
     n_ok: int = 0
@@ -73,9 +56,6 @@ class _State:
     rate_level: int = 0               # exponent of the 429 cooldown when there is no Retry-After
     outage_level: int = 0
     streak: int = 0                   # consecutive transient failures
-    w_max: float | None = None        # the rpm that last drew a 429
-    cut_pending: int = 0              # calls sent before the last cut still to end: their 429s are old news
-    ok_since_cut: bool = True         # a 2xx came after the last cut: the endpoint still admits some
     rested_until: float = -math.inf   # end of the last real rest (not a paced interval): rates restart there
     pass_: float = 0.0                # weighted round-robin position
     disabled_reason: str | None = None
@@ -120,9 +100,7 @@ class KeyPool:
 
     def _wait(self, st: _State, est: int, now: float) -> float:
         """Seconds until `st` could take this request: cooldowns, buckets, concurrency cap."""
-        waits = [st.rate_until - now, st.outage_until - now]
-        if st.requests is not None:
-            waits.append(st.requests.wait(1, now))
+        waits = [st.rate_until - now, st.outage_until - now, st.rate.wait(now)]
         if st.tokens is not None:
             waits.append(st.tokens.wait(est, now))
         cap = st.endpoint.max_concurrency
@@ -140,7 +118,7 @@ class KeyPool:
     def _headroom(self, st: _State) -> float:
         """Free share (0..1) of the tightest limit; 1.0 when nothing limits the endpoint."""
         shares = [1.0]
-        for bucket in (st.requests, st.tokens):
+        for bucket in (st.rate.bucket, st.tokens):
             if bucket is not None:
                 shares.append(bucket.fraction())
         cap = st.endpoint.max_concurrency
@@ -151,9 +129,7 @@ class KeyPool:
     def _reserve(self, st: _State, est: int, now: float) -> None:
         st.in_flight += 1
         st.n_requests += 1
-        st.sent.add(now)
-        if st.requests is not None:
-            st.requests.give(-1)
+        st.rate.take(now)
         if st.tokens is not None:
             st.tokens.give(-est)
         # Stride scheduling: an endpoint that was unavailable for a while does not catch up in a burst.
@@ -179,18 +155,17 @@ class KeyPool:
         st.n_ok += 1
         st.streak = st.rate_level = st.outage_level = 0
         st.outage_until = -math.inf  # it answered: the outage is over
-        st.oks.add(now)
-        st.ok_since_cut = True
-        self._increase(st, now)
+        st.rate.ok(now)
 
     def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
         """A 429: refund tokens, cut the rate once per burst, then pace or cool down (Retry-After, backoff)."""
-        old_news = self._state(name).cut_pending > 0  # sent before the last cut: that cut answered it
-        st, now = self._end_call(name), self._clock()
+        st, now = self._state(name), self._clock()
+        old_news = st.rate.cut_pending > 0  # sent before the last cut: that cut answered it
+        self._end_call(name)
         st.n_429 += 1
         st.streak = 0  # a 429 is an answer: slow down, but the endpoint is reachable
         self._refund(st, reserved_tokens, now)
-        stubborn = not old_news and not st.ok_since_cut  # no 2xx at all since the last cut
+        stubborn = not old_news and not st.rate.ok_since_cut  # no 2xx at all since the last cut
         if not old_news:
             self._decrease(st, now)
         cool = self._cooldown(st, retry_after, now, old_news=old_news, stubborn=stubborn)
@@ -199,8 +174,8 @@ class KeyPool:
         st.rate_until = max(st.rate_until, now + cool)
         if cool > self._interval(st):
             st.rested_until = st.rate_until
-        if st.requests is not None:
-            st.requests.hold(st.rate_until)
+        if st.rate.bucket is not None:
+            st.rate.bucket.hold(st.rate_until)
 
     def _cooldown(self, st: _State, retry_after: float | None, now: float, *, old_news: bool,
                   stubborn: bool) -> float | None:
@@ -233,7 +208,7 @@ class KeyPool:
         if st.in_flight <= 0:
             raise ValueError(f"endpoint {name!r} has no call in flight")
         st.in_flight -= 1
-        st.cut_pending = max(0, st.cut_pending - 1)
+        st.rate.ended()
         return st
 
     def _refund(self, st: _State, reserved_tokens: int, now: float) -> None:
@@ -248,54 +223,17 @@ class KeyPool:
     # -- adaptive rate (AIMD) -------------------------------------------------------------------
 
     def _decrease(self, st: _State, now: float) -> None:
-        """Cut once per burst: to just under the rate the server admitted, at most by DECREASE.
-
-        Rates are measured over their real span (the first second of a run too), and the cut never rises
-        above the lower of the limit and the rate actually sent. Calls in flight now were sent at the old
-        rate: until they have all ended, their 429s do not cut again.
-        """
-        start = st.sent.start or now
-        if st.rested_until <= now:  # measure since the last rest: its idle time says nothing of the limit
-            start = max(start, st.rested_until)
-        sent = max(MIN_RPM, st.sent.rpm(now), st.sent.recent_rpm(now, start))  # the minute's average lags a ramp
-        before = sent if st.current_rpm is None else min(st.current_rpm, sent)
-        # Over less than a second the server's burst allowance inflates the admitted rate: cut by DECREASE then.
-        admitted = st.oks.recent_rpm(now, start) if now - start >= RECENT_S else 0.0
-        cut = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
-        st.w_max = before
-        self._set_rpm(st, max(MIN_RPM, cut), now)
-        st.cut_pending, st.ok_since_cut = st.in_flight, False
-        logger.info("endpoint %s: 429, rate %.1f -> %.1f rpm (admitted %.1f)",
-                    st.endpoint.name, before, st.current_rpm, admitted)
-
-    def _increase(self, st: _State, now: float) -> None:
-        """Additive increase per success, never above the configured rpm (or 2× the observed ok rate)."""
-        current = st.current_rpm
-        if current is None:
-            return
-        cap = st.endpoint.rpm if st.endpoint.rpm is not None else max(MIN_RPM, 2 * st.oks.rpm(now))
-        if current >= cap:
-            return
-        if st.w_max is not None and current > NEAR_HIGH * st.w_max:
-            st.w_max = None
-        if st.w_max is None:
-            target = current + FAST_GROWTH * 60.0
-        elif current < NEAR_LOW * st.w_max:  # fast, but not past the band where probing is slow
-            target = min(current + FAST_GROWTH * 60.0, NEAR_LOW * st.w_max)
-        else:
-            target = current + SLOW_GROWTH * 60.0 * st.w_max / current
-        self._set_rpm(st, min(cap, target), now)
-
-    def _set_rpm(self, st: _State, rpm: float, now: float) -> None:
-        st.current_rpm = rpm
-        if st.requests is None:
-            st.requests = Bucket(rpm, now, full=False)
-        else:
-            st.requests.set_rate(rpm, now)
+        """Cut the rate (see `AdaptiveRate.cut`), measured since the last rest: its idle time says
+        nothing of the limit. Calls in flight now were sent at the old rate: until they have all
+        ended, their 429s do not cut again."""
+        since = st.rate.sent.start or now
+        if st.rested_until <= now:
+            since = max(since, st.rested_until)
+        st.rate.cut(now, since, st.in_flight, st.endpoint.name)
 
     def _interval(self, st: _State) -> float:
         """One request's share of the current rate (at most the base cooldown)."""
-        return min(self._base, 60.0 / st.current_rpm) if st.current_rpm else self._base
+        return st.rate.interval(self._base)
 
     def _read_headers(self, st: _State, headers: Mapping, now: float) -> None:
         """x-ratelimit-remaining-* of 0 holds the endpoint until x-ratelimit-reset-* (OpenAI style).
@@ -303,16 +241,10 @@ class KeyPool:
         Without a reset header the hold is one request interval: a sliding window frees a slot soon, and a
         full second's hold on every exhausted window would halve the throughput near the limit.
         """
-        lower = {str(k).lower(): v for k, v in headers.items()}
-        for kind in ("requests", "tokens"):
-            remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}"))
-            if remaining is None or remaining > 0:
-                continue
-            reset = _duration(lower.get(f"x-ratelimit-reset-{kind}"))
-            hold = min(reset, HINT_MAX_S) if reset is not None else self._interval(st)
-            st.rate_until = max(st.rate_until, now + hold)
-            if st.requests is not None:
-                st.requests.hold(st.rate_until)
+        for hold in hints.exhausted_holds(headers, HINT_MAX_S):
+            st.rate_until = max(st.rate_until, now + (hold if hold is not None else self._interval(st)))
+            if st.rate.bucket is not None:
+                st.rate.bucket.hold(st.rate_until)
 
     # -- state for the runner and the status file -----------------------------------------------
 
@@ -373,9 +305,8 @@ def _check_pool(endpoints: list[Endpoint]) -> None:
 
 
 def _new_state(endpoint: Endpoint, index: int, now: float) -> _State:
-    rpm, tpm = endpoint.rpm, endpoint.tpm
-    return _State(endpoint=endpoint, index=index, current_rpm=rpm,
-                  requests=Bucket(rpm, now, full=False) if rpm is not None else None,
+    tpm = endpoint.tpm
+    return _State(endpoint=endpoint, index=index, rate=AdaptiveRate(endpoint.rpm, now),
                   tokens=Bucket(tpm, now) if tpm is not None else None)
 
 
@@ -383,33 +314,11 @@ def _describe(st: _State, now: float) -> dict:
     until = max(st.rate_until, st.outage_until)
     e = st.endpoint
     return {
-        "name": e.name, "base_url": e.base_url, "key": mask_key(e.api_key),
+        "name": e.name, "base_url": e.display_url, "key": mask_key(e.api_key),
         "requests": st.n_requests, "ok": st.n_ok, "rate_limited": st.n_429, "errors": st.n_errors,
         "in_flight": st.in_flight,
-        "current_rpm": round(st.current_rpm, 1) if st.current_rpm is not None else None,
+        "current_rpm": round(st.rate.current, 1) if st.rate.current is not None else None,
         "rpm": e.rpm, "tpm": e.tpm, "max_concurrency": e.max_concurrency, "weight": e.weight,
         "cooldown_until": round(until - now, 3) if until > now else None,
         "disabled": st.disabled_reason is not None, "disabled_reason": st.disabled_reason,
     }
-
-
-def _number(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _duration(value: object) -> float | None:
-    """Seconds from a reset header: `12`, `1.5`, `20ms`, `6m0s`, `1h2m3s`; None when unreadable."""
-    if value is None:
-        return None
-    plain = _number(value)
-    if plain is not None:
-        return plain if plain >= 0 else None
-    text = str(value).strip()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)

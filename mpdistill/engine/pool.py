@@ -17,7 +17,8 @@ import time
 
 import multiprocess as mp
 
-from .worker import Outcome, Task, WorkerSpec, preload, worker_main
+from . import modes
+from .worker import Outcome, Task, WorkerSpec, preload
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class _Worker:
     def __init__(self, ctx, slot: int, spec: WorkerSpec, clients=None) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=worker_main, args=(child, spec, clients), daemon=True,
+        self.process = ctx.Process(target=modes.entry(spec.mode), args=(child, spec, clients), daemon=True,
                                    name=f"mpdistill-worker-{slot}")
         with _frozen_heap():
             self.process.start()
@@ -56,8 +57,11 @@ class WorkerPool:
     """P worker processes with K requests in flight each."""
 
     def __init__(self, spec: WorkerSpec, processes: int) -> None:
+        shape = modes.shape(spec.mode, processes, spec.concurrency)
+        for hint in shape.hints:
+            log.warning("hint: %s", hint)
         self.spec = spec
-        self.processes = processes
+        self.processes = shape.processes
         self._ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         self._workers: list[_Worker] = []
         self._owner: dict[int, _Worker] = {}
@@ -67,7 +71,7 @@ class WorkerPool:
         self._selector = selectors.DefaultSelector()
 
     def start(self) -> None:
-        if self._ctx.get_start_method() == "fork":
+        if self._ctx.get_start_method() == "fork" and modes.inherits_clients(self.spec.mode):
             self._clients = preload(self.spec)
         self._workers = [self._watch(_Worker(self._ctx, i, self.spec, self._clients))
                          for i in range(self.processes)]
@@ -156,8 +160,11 @@ class WorkerPool:
 
     def _replace(self, worker: _Worker) -> list[int]:
         lost = sorted(worker.tids)
-        log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
-                    worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        if lost or worker.process.exitcode != 0:
+            log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
+                        worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
+        else:  # SIGTERM: it answered what it held and left
+            log.info("worker %d (pid %s) exited; starting another", worker.slot, worker.process.pid)
         for tid in lost:
             self._owner.pop(tid, None)
         self._unwatch(worker)

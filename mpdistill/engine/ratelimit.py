@@ -1,4 +1,4 @@
-"""Rate primitives of the key pool: a token bucket and a per-minute/last-second event meter."""
+"""Rate primitives of the key pool: a token bucket (the budget interface) and a per-minute/last-second event meter."""
 from __future__ import annotations
 
 import math
@@ -11,11 +11,17 @@ _EPS = 1e-9
 
 
 class Bucket:
-    """Continuous token bucket; it may go into debt, so an oversized request fits when it is full."""
+    """Continuous token bucket; it may go into debt, so an oversized request fits when it is full.
 
-    def __init__(self, per_minute: float, now: float, *, full: bool = True) -> None:
+    This is the budget interface of the key pool: `wait`, `give` (negative: take), `hold`,
+    `set_rate`, `pace`, `fraction`. A bucket holds `burst_s` seconds of its rate; `pace()` shrinks
+    it to one token, so requests leave evenly spaced, one interval after the previous one.
+    """
+
+    def __init__(self, per_minute: float, now: float, *, full: bool = True, burst_s: float = BURST_S) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * BURST_S)
+        self.burst_s = burst_s
+        self.capacity = max(1.0, self.rate * burst_s)
         self.tokens = self.capacity if full else 1.0
         self.stamp = now
 
@@ -27,8 +33,14 @@ class Bucket:
     def set_rate(self, per_minute: float, now: float) -> None:
         self.refill(now)
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * BURST_S)
+        self.capacity = max(1.0, self.rate * self.burst_s)
         self.tokens = min(self.tokens, self.capacity)
+
+    def pace(self) -> None:
+        """Hold one token from now on: no burst, requests evenly spaced."""
+        self.burst_s = 0.0
+        self.capacity = 1.0
+        self.tokens = min(self.tokens, 1.0)
 
     def wait(self, amount: float, now: float) -> float:
         """Seconds until `amount` may be taken; 0.0 when it may be taken now."""

@@ -43,9 +43,9 @@ class Verdict(enum.Enum):
 class Attempt:
     """What the manager knows of the failed call besides its error.
 
-    `row_fault`: the endpoint has answered other rows since this row began failing on it (or was
-    answering when it first failed): the fault follows the row. `others_failing`: other rows failed
-    the same way on this endpoint since its last success: the fault follows the endpoint.
+    `others_failing`: other rows failed the same way on this endpoint since its last success.
+    `row_fault`: the fault follows the row: the endpoint answered others since this row began
+    failing there, or no other row fails there (see `engine.health`).
     """
 
     number: int                  # calls made for the row, this one included

@@ -384,6 +384,8 @@ class Runner:
             self.keypool.release(name, ok=False, reserved_tokens=flight.reserved)
         else:
             self.keypool.failed(name, flight.reserved, transient=verdict is retry.Verdict.DOWN)
+        if verdict is retry.Verdict.DOWN:
+            self.health.down(name, err)
         if decision.action is retry.Action.DISABLE_KEY and self.keypool.disable(name, f"HTTP {err.status}: key rejected"):
             log.error("endpoint %s: key rejected (HTTP %s) for several rows; disabled for this run", name, err.status)
 
@@ -444,18 +446,19 @@ class Runner:
                     self.progress(ok, failed)
 
     def _check_health(self) -> None:
-        """Stop the run when every endpoint has been unreachable for longer than --max-outage."""
+        """Stop the run when every endpoint has failed every row for longer than --max-outage."""
         if not self.keypool.all_down():  # not all_unavailable: that ends with each cooldown, mid-outage
             if self._outage_since is not None:
-                log.warning("endpoints reachable again after %.0f s", time.monotonic() - self._outage_since)
+                log.warning("endpoints answering again after %.0f s", time.monotonic() - self._outage_since)
             self._outage_since = None
             return
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since = now
-            log.warning("every endpoint is unreachable: pausing and probing (up to %.0f s)", self.cfg.max_outage)
+            log.warning("every endpoint is %s: pausing and probing (up to %.0f s)", self.health.symptom(),
+                        self.cfg.max_outage)
         elif now - self._outage_since > self.cfg.max_outage:
-            self._abort = (f"every endpoint has been unreachable for over {self.cfg.max_outage:.0f} s; "
+            self._abort = (f"every endpoint has been {self.health.symptom()} for over {self.cfg.max_outage:.0f} s; "
                            "checkpoint saved, rerun to resume")
 
     def _tick(self) -> None:

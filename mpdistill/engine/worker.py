@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..provider import client
+from ..provider.answer import Completion
 from ..inputs import images
 from ..provider.endpoint import Endpoint
 from ..errors import MpdistillError, TransientError, to_info
@@ -30,8 +31,10 @@ class WorkerSpec:
     concurrency: int = 1
     image_max_side: int | None = None
     base_dir: str | None = None
+    mode: str = "process"   # process | thread | async (see engine.modes)
     image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
     max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
+    max_response_bytes: int | None = client.DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def image_policy(self) -> images.ImagePolicy:
@@ -53,7 +56,7 @@ class Outcome:
     """What came of a task: a completion, or an error described as plain data."""
 
     tid: int
-    completion: client.Completion | None
+    completion: Completion | None
     error: dict | None
     latency_s: float
 
@@ -63,13 +66,19 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
-        completion = client.complete(api, request)
+        left = spec.timeout - (time.monotonic() - start)   # reading images counts in the deadline
+        completion = client.complete(api, request, timeout=left)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
     except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
-        surprise = TransientError(f"unexpected {type(err).__name__} in the worker: {err}")
-        return Outcome(task.tid, None, to_info(surprise), time.monotonic() - start)
+        return surprise(task.tid, err, start)
+
+
+def surprise(tid: int, err: Exception, start: float) -> Outcome:
+    """The outcome of an exception no one expected (a bug, an SDK surprise): retryable, never lost."""
+    error = TransientError(f"unexpected {type(err).__name__} in the worker: {err}")
+    return Outcome(tid, None, to_info(error), time.monotonic() - start)
 
 
 def prepare(request: dict, spec: WorkerSpec, deadline: float | None = None) -> dict:
@@ -98,7 +107,9 @@ class _Clients:
     def get(self, name: str) -> Any:
         with self._lock:
             if name not in self._clients:
-                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout)
+                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout,
+                                                         connections=self._spec.concurrency,
+                                                         max_response_bytes=self._spec.max_response_bytes)
             return self._clients[name]
 
 
@@ -117,11 +128,7 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
 
     `clients` are inherited from the manager when the process was forked (see `preload`).
     """
-    # Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
-    # calls may finish, so workers ignore it. SIGTERM keeps its default: it ends a worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _yield_to_manager()
-    _watch_parent(os.getppid())
+    serve_signals()
     clients = clients or _Clients(spec)
     send_lock = threading.Lock()
     tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -137,10 +144,36 @@ def worker_main(conn, spec: WorkerSpec, clients: _Clients | None = None) -> None
             tasks.put(task)
     except (EOFError, OSError):
         pass  # the manager is gone: nothing left to do
+    except _Terminated:
+        pass  # SIGTERM: take no more tasks; the threads answer those already taken
     for _ in threads:
         tasks.put(None)
     for thread in threads:
         thread.join()
+
+
+def serve_signals() -> None:
+    """What every worker process does first, in every mode: ignore Ctrl-C, yield the CPU to the
+    manager, and exit when the manager dies.
+
+    Ctrl-C reaches the whole terminal process group; the manager decides whether in-flight
+    calls may finish, so workers ignore it. SIGTERM (to this worker, or to the whole group, as
+    Slurm and systemd send it) ends the worker once the calls it holds are answered; a forked
+    worker must not keep the manager's handler, which logs the manager's shutdown message.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _finish_and_exit)
+    _yield_to_manager()
+    _watch_parent(os.getppid())
+
+
+class _Terminated(Exception):
+    """SIGTERM reached this worker: it takes no more tasks, answers those it holds, then exits."""
+
+
+def _finish_and_exit(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the worker at once
+    raise _Terminated
 
 
 def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:

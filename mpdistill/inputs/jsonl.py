@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = ("id", "prompt", "images", "system", "messages", "custom_id", "method", "url", "body")
 # `{"id": "a1", …`: the common shape, whose identity is read without parsing the whole line.
 _ID_FIRST = re.compile(rb'\{\s*"id"\s*:\s*("(?:[^"\\\n]|\\.)+")\s*[,}]')
+# Request fields a prompt or messages row may carry; they are sent (and, like any field, kept in the output).
+REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def parse_row(key: int, raw: bytes, system: str | None, ids: IdSet | None,
     if not raw.strip():
         return Blank(key, end_offset)
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        # A BOM (Windows editors write one) may open the file; anywhere else it is the row's problem.
+        obj = json.loads(raw.decode("utf-8-sig" if key == 1 else "utf-8"))
     except UnicodeDecodeError as err:
         return BadRow(key, None, f"line {key} is not valid UTF-8 ({err.reason} at byte {err.start})", end_offset)
     except json.JSONDecodeError as err:
@@ -195,14 +198,20 @@ def row_from_object(key: int, obj, system: str | None, end_offset: int | None = 
         messages = with_system(messages, row_system)
         if images:
             messages = _attach_images(messages, images)
-        return Row(key, rid, {"messages": messages}, _last_user_text(messages), tuple(images), extra, end_offset,
+        return Row(key, rid, _request(obj, messages), _last_user_text(messages), tuple(images), extra, end_offset,
                    implied=implied)
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowFormatError(f"line {key}: no prompt or messages")
     content = prompt if not images else [{"type": "text", "text": prompt}] + _image_parts(images)
     messages = with_system([{"role": "user", "content": content}], row_system)
-    return Row(key, rid, {"messages": messages}, prompt, tuple(images), extra, end_offset, implied=implied)
+    return Row(key, rid, _request(obj, messages), prompt, tuple(images), extra, end_offset,
+               implied=implied)
+
+
+def _request(obj: dict, messages: list) -> dict:
+    """The request of a prompt or messages row: its messages and the REQUEST_FIELDS it has."""
+    return {"messages": messages, **{k: obj[k] for k in REQUEST_FIELDS if k in obj}}
 
 
 def _batch_row(key, rid, obj, system, extra, end_offset, implied) -> Row:
@@ -261,12 +270,19 @@ def _last_user_text(messages: list) -> str | None:
 
 
 class JsonlSource:
-    """Rows of a JSONL file, read from a byte offset, one line at a time."""
+    """Rows of a JSONL file, read from a byte offset, one line at a time.
 
-    def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20) -> None:
+    With `byte_range` = LineRange (a shard of a cluster job) only the lines that start inside the
+    range are read, and they keep their line numbers in the whole file as keys.
+    """
+
+    def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20,
+                 byte_range: LineRange | None = None) -> None:
         self.path = Path(path)
         self.system = system
         self.max_line_bytes = max_line_bytes
+        self.range = byte_range
+        self.start = byte_range.first_line if byte_range else 1   # the first key (checkpoint start)
         self.base_dir = str(self.path.resolve().parent)
         self.follow_stopped: str | None = None   # why following ended early: removed, replaced, …
         if not self.path.is_file():
@@ -274,6 +290,8 @@ class JsonlSource:
 
     def count(self) -> int:
         """Number of lines (for the progress total): one fast pass over the bytes."""
+        if self.range is not None:
+            return count_lines(self.path, self.range.begin, self.range.end)
         n, last = 0, b"\n"
         with open(self.path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -293,7 +311,8 @@ class JsonlSource:
         appended; a last line without its "\n" waits until it is complete. Following ends, with a
         warning, if the file is removed, replaced, truncated or rewritten under us.
         """
-        key, offset = start or (1, 0)
+        key, offset = start or ((self.range.first_line, self.range.begin) if self.range else (1, 0))
+        stop = self.range.end if self.range else None
         ids = IdSet()
         with self._open() as f:
             lines = _LineReader(f, offset, self.max_line_bytes, follow)
@@ -302,7 +321,7 @@ class JsonlSource:
                 offset = lines.offset
             anchor = os.pread(f.fileno(), 1, offset - 1) if follow and offset else b""
             while True:
-                line = lines.read()
+                line = None if stop is not None and lines.offset >= stop else lines.read()
                 if line is None:
                     if not follow:
                         return
@@ -381,6 +400,30 @@ def _file_change(path: Path, fd: int, offset: int, position: int, anchor: bytes)
     if offset and os.pread(fd, 1, offset - 1) != anchor:
         return "rewritten"
     return None
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """The lines of a file that start in bytes [begin, end); the first of them is line `first_line`."""
+
+    begin: int
+    end: int
+    first_line: int
+
+
+def count_lines(path: Path, begin: int = 0, end: int | None = None) -> int:
+    """Lines that start in bytes [begin, end) of `path` (`begin` at a line start; a last line may lack its \n)."""
+    n, last, left = 0, b"\n", None if end is None else end - begin
+    with open(path, "rb") as f:
+        f.seek(begin)
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+            left = None if left is None else left - len(chunk)
+    return n + (last != b"\n")
 
 
 class _LineReader:

@@ -42,6 +42,8 @@ class MockOptions:
             raise ValueError(f"fixed_status must be an HTTP error status, got {self.fixed_status}")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
             raise ValueError(f"rate_limit_rps must be positive, got {self.rate_limit_rps}")
+        if any(o not in ("ok", "failed", "expired") for o in self.batch_script):
+            raise ValueError(f"batch_script outcomes are ok, failed or expired, got {self.batch_script}")
         if not 0.0 <= self.error_rate <= 1.0:
             raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
 

@@ -280,6 +280,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="answer 404 model_not_found for models not in --models")
     parser.add_argument("--api-key", action="append", default=None,
                         help="accepted key (repeatable); without it every key is accepted")
+    parser.add_argument("--batch-seconds", type=float, default=0.0,
+                        help="Batches API: seconds from create to completed")
+    parser.add_argument("--batch-script", default="",
+                        help="Batches API: outcomes of the batches created in turn, e.g. failed,expired,ok")
     parser.add_argument("--url-file", default=None, help="also write the base url to this file")
     return parser.parse_args(argv)
 
@@ -289,7 +293,8 @@ def _server_from_args(args: argparse.Namespace) -> MockServer:
     return MockServer(args.host, args.port, latency_ms=args.latency_ms, error_rate=args.error_rate,
                       rate_limit_rps=args.rate_limit_rps, fixed_status=args.fixed_status,
                       reasoning=args.reasoning, models=models, strict_models=args.strict_models,
-                      api_keys=args.api_key, seed=args.seed)
+                      api_keys=args.api_key, seed=args.seed, batch_seconds=args.batch_seconds,
+                      batch_script=[o.strip() for o in args.batch_script.split(",") if o.strip()])
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -9,7 +9,8 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from ..provider.client import split_reasoning
+from ..provider.answer import split_reasoning
+from .records import ANSWER_EXTRAS
 from . import identity
 from .identity import is_batch_output  # noqa: F401  (read by the tools through this module too)
 
@@ -69,6 +70,7 @@ def to_batch_output(record: dict) -> dict:
     message = {"role": "assistant", "content": record.get("answer")}
     if record.get("reasoning") is not None:
         message["reasoning_content"] = record["reasoning"]
+    message.update({k: record[k] for k in ANSWER_EXTRAS if record.get(k) is not None})
     body = {"id": f"chatcmpl-{digest}", "object": "chat.completion",
             "created": _epoch(record.get("processed_at")), "model": record.get("model"),
             "choices": [{"index": 0, "message": message, "logprobs": None,
@@ -113,6 +115,7 @@ def from_batch_output(line: dict) -> dict:
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     out["answer"], out["reasoning"] = split_reasoning(message)
+    out.update({k: message[k] for k in ANSWER_EXTRAS if message.get(k) is not None})
     out["finish_reason"] = choice.get("finish_reason")
     out["usage"] = body.get("usage") if isinstance(body.get("usage"), dict) else None
     return out

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from ..provider.client import Completion
+from ..provider.answer import Completion
 from ..inputs.jsonl import BadRow, Row
 from .identity import head, id_fields
+
+
+# Parts of an answer written only when the answer has them (tool calling, refusals, citations).
+ANSWER_EXTRAS = ("tool_calls", "refusal", "annotations")
 
 
 def now_iso() -> str:
@@ -25,6 +29,9 @@ def result_record(row: Row, c: Completion, *, model: str, latency: float, attemp
               "attempts": attempts, "endpoint": endpoint, "processed_at": now_iso()}
     if c.extracted is not None:
         record["extracted"] = c.extracted
+    for name in ANSWER_EXTRAS:
+        if getattr(c, name) is not None:
+            record[name] = getattr(c, name)
     if row.batch:
         record["custom_id"] = row.batch["custom_id"]
     for key, value in row.extra.items():

@@ -1,57 +1,67 @@
-"""One chat-completion call through the official openai SDK, mapped onto mpdistill's error tree;
-the answer of a JSON-format request (response_format json_object / json_schema) is parsed here too.
+"""One chat-completion call through the official openai SDK, mapped onto mpdistill's error tree.
 
-The hot path reads the raw JSON body itself instead of building the SDK's pydantic models.
-`error_for_status` is the one place where an HTTP status becomes an error class.
+The hot path reads the raw JSON body itself (see `answer`) instead of building the SDK's pydantic
+models. `error_for_status` is the one place where an HTTP status becomes an error class and
+`call_error` the one place where an SDK exception does; both serve `complete` and `acomplete`.
+Every call has a total deadline and a size cap, and never follows a redirect to another origin
+(see `transport`).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
+import asyncio
+import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
+import httpx2
 import openai
 
+from .answer import Completion, finish
 from .endpoint import Endpoint
+from .transport import AsyncGuardedTransport, GuardedTransport, deadline, redacted
 from ..errors import (AuthError, BadResponseError, CallError, CallTimeoutError, ConnectError,
-                     RateLimitError, RejectedError, ServerError)
+                      MpdistillError, RateLimitError, RejectedError, ServerError)
 from ..engine.retry import parse_retry_after
 
 # The SDK refuses an empty key; keyless servers (vLLM, llama.cpp, Ollama) ignore whatever we send.
 NO_KEY = "EMPTY"
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _KEPT_HEADERS = frozenset({"retry-after", "retry-after-ms"})
 _RATELIMIT_PREFIX = "x-ratelimit-"
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _MAX_DETAIL = 500
 # chat.completions.create keyword → the SDK request option it becomes (see post_chat).
 _CREATE_OPTIONS = {"extra_body": "extra_json", "extra_headers": "headers", "extra_query": "params",
                    "timeout": "timeout"}
 _RAW_RESPONSE = openai.APIResponse[object]   # `post` returns the response unparsed: we read the JSON
-_MAX_RAW_ANSWER = 2000
-_JSON_FORMATS = frozenset({"json_object", "json_schema"})
-_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_RAW_ASYNC_RESPONSE = openai.AsyncAPIResponse[object]
 
 
-@dataclass(frozen=True)
-class Completion:
-    """The useful part of one chat-completion answer."""
+def make_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
+                max_response_bytes: int | None = None) -> openai.OpenAI:
+    """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself.
 
-    answer: str | None
-    reasoning: str | None
-    finish_reason: str | None
-    usage: dict | None
-    model: str | None
-    headers: dict = field(default_factory=dict)   # x-ratelimit-*, retry-after(-ms), lower-cased
-    extracted: dict | None = None                 # the parsed answer of a JSON-format request
-    samples: tuple | None = None                  # every choice when the request asked for n > 1
-
-
-def make_client(endpoint: Endpoint, timeout: float) -> openai.OpenAI:
-    """An SDK client for `endpoint`; it never retries, because mpdistill schedules retries itself."""
+    `connections` (the requests one process keeps in flight) sizes its connection pool, so that
+    every in-flight request keeps its connection alive instead of reconnecting. Answers beyond
+    `max_response_bytes` fail (None: no cap, e.g. for Batch API file downloads).
+    """
+    transport = GuardedTransport(max_response_bytes, limits=_limits(connections))
     return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
-                         timeout=timeout, max_retries=0)
+                         timeout=timeout, max_retries=0,
+                         http_client=openai.DefaultHttpxClient(transport=transport, timeout=timeout))
+
+
+def make_async_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
+                      max_response_bytes: int | None = None) -> openai.AsyncOpenAI:
+    """The asyncio twin of `make_client` (made inside the event loop that will use it)."""
+    transport = AsyncGuardedTransport(max_response_bytes, limits=_limits(connections))
+    return openai.AsyncOpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
+                              timeout=timeout, max_retries=0,
+                              http_client=openai.DefaultAsyncHttpxClient(transport=transport, timeout=timeout))
+
+
+def _limits(connections: int | None) -> httpx2.Limits:
+    if not connections:
+        return openai.DEFAULT_CONNECTION_LIMITS
+    return httpx2.Limits(max_connections=max(connections, 10), max_keepalive_connections=max(connections, 10))
 
 
 class _NoNetwork:
@@ -78,26 +88,42 @@ def warm_up() -> None:
         pass  # expected: the transport refuses; only the code paths on the way mattered
 
 
-def complete(client: openai.OpenAI, request: dict) -> Completion:
-    """Make one call with the chat.completions kwargs in `request`; raise a CallError on failure."""
-    try:
+def complete(client: openai.OpenAI, request: dict, timeout: float | None = None) -> Completion:
+    """Make one call with the chat.completions kwargs in `request`, all of it (connect to last byte)
+    within `timeout` seconds; raise a CallError on failure."""
+    with sdk_errors(client, timeout), deadline(timeout):
         raw = post_chat(client, request)
-    except openai.APITimeoutError as err:      # before APIConnectionError: it is a subclass
-        raise CallTimeoutError(f"no answer within the timeout from {_where(err)}") from err
-    except openai.APIConnectionError as err:
-        raise ConnectError(f"cannot connect to {_where(err)}: {err.__cause__ or err}") from err
-    except openai.APIStatusError as err:
-        message = _redact(_status_detail(err), client.api_key)
-        raise error_for_status(err.status_code, message, err.response.headers) from err
-    completion = parse_response(raw.http_response.status_code, raw.http_response.content,
-                                raw.http_response.headers)
-    if wants_json(request):
-        return with_extracted(completion, raw.http_response.status_code)
-    return completion
+    return _finish(raw, request)
 
 
-def post_chat(client: openai.OpenAI, request: dict):
-    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response.
+async def acomplete(client: openai.AsyncOpenAI, request: dict, timeout: float | None = None) -> Completion:
+    """`complete` for AsyncOpenAI: the same request, deadline, answer and errors."""
+    try:
+        with sdk_errors(client, timeout):
+            async with asyncio.timeout(timeout):
+                raw = await post_chat(client, request)
+    except TimeoutError as err:
+        raise CallTimeoutError(f"no complete answer within the {timeout:g} s deadline (--timeout)") from err
+    return _finish(raw, request)
+
+
+@contextlib.contextmanager
+def sdk_errors(client, timeout: float | None = None):
+    """Turn the SDK's exceptions raised inside into mpdistill's errors (sync and async calls alike)."""
+    try:
+        yield
+    except openai.APIError as err:
+        raise call_error(err, client.api_key, timeout) from err
+
+
+def _finish(raw, request: dict) -> Completion:
+    http = raw.http_response
+    return finish(http.status_code, http.content, interesting_headers(http.headers), request)
+
+
+def post_chat(client: openai.OpenAI | openai.AsyncOpenAI, request: dict):
+    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response
+    (a coroutine of it with an AsyncOpenAI client).
 
     The same client, auth, headers, timeout and status-to-exception mapping as
     `chat.completions.create`, without create's walk of every param against its typed-dict
@@ -107,79 +133,23 @@ def post_chat(client: openai.OpenAI, request: dict):
     """
     body = {k: v for k, v in request.items() if k not in _CREATE_OPTIONS}
     options = {name: request[key] for key, name in _CREATE_OPTIONS.items() if request.get(key) is not None}
-    return client.post("/chat/completions", body=body, options=options, cast_to=_RAW_RESPONSE)
+    raw = _RAW_ASYNC_RESPONSE if isinstance(client, openai.AsyncOpenAI) else _RAW_RESPONSE
+    return client.post("/chat/completions", body=body, options=options, cast_to=raw)
 
 
-def wants_json(request: dict) -> bool:
-    """True when the request asks for a JSON answer (response_format json_object or json_schema)."""
-    fmt = request.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") in _JSON_FORMATS
-
-
-def with_extracted(completion: Completion, status: int = 200) -> Completion:
-    """`completion` with its answer parsed into `extracted`; BadResponseError (retried) when the
-    answer is not a JSON object, with the raw answer in the message so the errors file shows it."""
-    try:
-        extracted = extract_json(completion.answer)
-    except ValueError as err:
-        raw = completion.answer or ""
-        cut = f" [... {len(raw) - _MAX_RAW_ANSWER} more chars]" if len(raw) > _MAX_RAW_ANSWER else ""
-        raise BadResponseError(f"HTTP {status}: JSON answer expected, {err}; raw answer: "
-                               f"{raw[:_MAX_RAW_ANSWER]}{cut}",
-                               status=status, headers=completion.headers) from err
-    return dataclasses.replace(completion, extracted=extracted)
-
-
-def extract_json(answer: str | None) -> dict:
-    """The JSON object an answer holds: bare, or in a ```json fenced block; ValueError otherwise."""
-    text = (answer or "").strip()
-    if not text:
-        raise ValueError("the answer is empty")
-    if not text.startswith("{"):
-        fenced = _FENCE.search(text)
-        if fenced is None:
-            raise ValueError("the answer is neither a JSON object nor a ```json block")
-        text = fenced.group(1).strip()
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"the answer is not valid JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"the answer is JSON but a {type(value).__name__}, not an object")
-    return value
-
-
-def parse_response(status: int, body: bytes, headers: Mapping[str, str]) -> Completion:
-    """A Completion from a 2xx body; BadResponseError when it is not JSON or has no usable choice."""
-    kept = interesting_headers(headers)
-    try:
-        data = json.loads(body)
-    except ValueError as err:       # JSONDecodeError and UnicodeDecodeError both are
-        raise BadResponseError(f"HTTP {status}: body is not JSON ({err})",
-                               status=status, headers=kept) from err
-    choice = _first_choice(data)
-    if choice is None:
-        raise BadResponseError(f"HTTP {status}: answer has no usable choices: {str(data):.200}",
-                               status=status, headers=kept)
-    answer, reasoning = split_reasoning(choice["message"])
-    usage = data.get("usage")
-    return Completion(answer=answer, reasoning=reasoning, finish_reason=choice.get("finish_reason"),
-                      usage=usage if isinstance(usage, dict) else None,
-                      model=data.get("model"), headers=kept, samples=_samples(data))
-
-
-def _samples(data: dict) -> tuple | None:
-    """All choices as (answer, reasoning, finish_reason) dicts, when there is more than one."""
-    choices = data.get("choices")
-    if len(choices) < 2:
-        return None
-    out = []
-    for c in choices:
-        message = c.get("message") if isinstance(c, dict) else None
-        answer, reasoning = split_reasoning(message) if isinstance(message, dict) else (None, None)
-        out.append({"answer": answer, "reasoning": reasoning,
-                    "finish_reason": c.get("finish_reason") if isinstance(c, dict) else None})
-    return tuple(out)
+def call_error(err: openai.APIError, api_key: object, timeout: float | None = None) -> MpdistillError:
+    """The mpdistill error for an SDK exception; ours raised under the SDK (transport) come back as is."""
+    if isinstance(err, openai.APITimeoutError):      # before APIConnectionError: it is a subclass
+        limit = f"the {timeout:g} s deadline (--timeout)" if timeout is not None else "the timeout"
+        return CallTimeoutError(f"no complete answer within {limit} from {_where(err)}")
+    if isinstance(err, openai.APIConnectionError):
+        if isinstance(err.__cause__, MpdistillError):
+            return err.__cause__
+        return ConnectError(f"cannot connect to {_where(err)}: {err.__cause__ or err}")
+    if isinstance(err, openai.APIStatusError):
+        message = _redact(_status_detail(err), api_key)
+        return error_for_status(err.status_code, message, err.response.headers)
+    return CallError(f"{type(err).__name__}: {_redact(str(err), api_key)}"[:_MAX_DETAIL])
 
 
 def error_for_status(status: int, message: str, headers: Mapping[str, str] | None = None) -> CallError:
@@ -197,21 +167,6 @@ def error_for_status(status: int, message: str, headers: Mapping[str, str] | Non
     return BadResponseError(message, status=status, headers=kept)
 
 
-def split_reasoning(message: dict) -> tuple[str | None, str | None]:
-    """(answer, reasoning) from an assistant message: reasoning fields first, else a leading <think> block."""
-    content = _text(message.get("content"))
-    reasoning = _text(message.get("reasoning_content")) or _text(message.get("reasoning"))
-    if reasoning or content is None:
-        return content, reasoning or None
-    stripped = content.lstrip()
-    if stripped.startswith(_THINK_OPEN):
-        end = stripped.find(_THINK_CLOSE)
-        if end >= 0:
-            thought = stripped[len(_THINK_OPEN):end].strip()
-            return stripped[end + len(_THINK_CLOSE):].lstrip(), thought or None
-    return content, None
-
-
 def interesting_headers(headers: Mapping[str, str]) -> dict:
     """Only the response headers the scheduler uses (rate-limit state, retry hints), lower-cased."""
     kept = {}
@@ -220,26 +175,6 @@ def interesting_headers(headers: Mapping[str, str]) -> dict:
         if name in _KEPT_HEADERS or name.startswith(_RATELIMIT_PREFIX):
             kept[name] = value
     return kept
-
-
-def _first_choice(data: object) -> dict | None:
-    """The first choice if it carries a message dict, else None."""
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices:
-        return None
-    choice = choices[0]
-    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
-        return None
-    return choice
-
-
-def _text(value: object) -> str | None:
-    """Message text; list-of-parts content (some servers send it) is joined."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(p.get("text") or "" for p in value if isinstance(p, dict))
-    return None
 
 
 def _status_detail(err: openai.APIStatusError) -> str:
@@ -260,5 +195,4 @@ def _redact(message: str, api_key: object) -> str:
 
 def _where(err: openai.APIError) -> str:
     """Host and path of the failed request, without the query string (it may hold secrets)."""
-    url = err.request.url
-    return f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"
+    return redacted(err.request.url)

@@ -79,6 +79,8 @@ def _state_note(status: dict, state: str, now: float) -> str | None:
         return f"no update for {silent} although pid {pid} is alive: hung or overloaded?"
     if state == "crashed":
         return "the process is gone without a final state (crash? kill -9?): rerun to resume"
+    if state == "waiting":
+        return f"between rounds: the next round starts at {format_clock(status.get('next_round_at'))}"
     if state == "stopped":
         return "stopped before the end: rerun the same command to resume"
     if state == "aborted":

@@ -4,6 +4,7 @@ and the small text helpers the status views share (durations, sizes, terminal ce
 from __future__ import annotations
 
 import json
+import os
 import time
 import unicodedata
 from pathlib import Path
@@ -12,7 +13,8 @@ from ..state.files import atomic_write
 from ..state.lock import pid_alive
 
 STALE_AFTER_S = 15.0
-LIVE_STATES = ("running", "stopping", "waiting for input")
+# "waiting": between two --iterations rounds, until `next_round_at`.
+LIVE_STATES = ("running", "stopping", "waiting for input", "waiting")
 ELLIPSIS = "..."   # ASCII: "…" is double width in CJK terminals, which would break the layout
 
 
@@ -34,6 +36,13 @@ def read_status(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def waiting_status(last: dict, next_round_at: float, now: float | None = None) -> dict:
+    """The status between two rounds: the last round's figures, state `waiting` and the next start."""
+    now = time.time() if now is None else now
+    return {**last, "state": "waiting", "pid": os.getpid(), "updated_at": now, "next_round_at": next_round_at,
+            "in_flight": 0}
 
 
 def live_state(status: dict, now: float | None = None) -> str:

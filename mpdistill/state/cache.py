@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, RowError, RunAbortedError
-from ..provider.client import Completion
+from ..provider.answer import Completion
 
 log = logging.getLogger(__name__)
 

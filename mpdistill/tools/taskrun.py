@@ -28,6 +28,10 @@ def run_task(path: str, cli: Mapping[str, Any], announce: Callable[[str], None])
             missing = "" if model["missing"] is None else f", {model['missing']} missing"
             announce(f"  {alias}: {model['succeeded']} succeeded, {model['failed']} failed{missing}")
         return {"state": "finished", **stats, **_merge_totals(stats)}
+    if task.task_type == "submit":
+        from ..cluster.task import run_submit_task
+        load_env_file(task)
+        return run_submit_task(task, cli, announce)
     return _distill(task, cli, announce)
 
 

@@ -1,4 +1,4 @@
-"""Read YAML task files (distill | split | merge) and the model configs they name into frozen records.
+"""Read YAML task files (distill | split | merge | submit) and the model configs they name into frozen records.
 
 A distill task yields one `ModelJob` per model plus the RunConfig values it sets, handed to
 `build_config(yaml_values=...)` so CLI flags and the environment still win over the task file.
@@ -16,13 +16,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import check_values
+from ..config import check_values, read_env_file
 from ..provider.endpoint import Endpoint
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("distill", "split", "merge")
+TASK_TYPES = ("distill", "split", "merge", "submit")
 OPENAI_URL = "https://api.openai.com/v1"
 _COMMON_KEYS = ("task_type", "description")
 _TASK_KEYS = {
@@ -30,6 +30,10 @@ _TASK_KEYS = {
                 "max_retries", "timeout", "checkpoint_interval", "run_name", "system", "environment"),
     "split": ("input", "chunks", "out_dir"),
     "merge": ("dir", "models", "merge_errors", "input"),
+    # a cluster job (see mpdistill.cluster.task): one model, N shards on an executor
+    "submit": ("input", "output_dir", "model", "endpoints", "environment", "shards", "executor", "wait",
+               "parallel", "budget_share", "slurm", "ray", "k8s", "processes", "concurrency", "max_retries",
+               "timeout", "checkpoint_interval", "system"),
 }
 # Task keys that are RunConfig fields with the same name and meaning.
 _RUN_KEYS = ("processes", "concurrency", "limit", "max_retries", "timeout", "checkpoint_interval",
@@ -74,6 +78,7 @@ class Task:
     out_dir: Path | None = None
     dir: Path | None = None
     merge_errors: bool = False
+    cluster: Mapping[str, Any] = field(default_factory=dict)   # submit: shards, executor and its options
 
     def output_for(self, alias: str) -> Path:
         """Where a distill task writes the answers of model `alias`."""
@@ -224,7 +229,7 @@ def load_task(path: str | os.PathLike, cwd: Path | None = None) -> Task:
     _check_keys(data, _COMMON_KEYS + _TASK_KEYS[task_type], f"{where} (task_type {task_type})")
     if data.get("description") is not None and not isinstance(data["description"], str):
         raise ConfigError(f"{where}: key 'description' must be a string")
-    build = {"distill": _distill_task, "split": _split_task, "merge": _merge_task}[task_type]
+    build = {"distill": _distill_task, "split": _split_task, "merge": _merge_task, "submit": _submit_task}[task_type]
     return build(path, data, cwd)
 
 
@@ -320,6 +325,22 @@ def _merge_task(path: Path, data: Mapping, cwd: Path | None) -> Task:
                 input=_data_path(data, "input", where))
 
 
+def _submit_task(path: Path, data: Mapping, cwd: Path | None) -> Task:
+    """A cluster job: the run settings as for distill (one model), the rest for the executor."""
+    where, task_dir = str(path), path.parent
+    settings = check_values({k: data[k] for k in _RUN_KEYS + ("model",) if data.get(k) is not None}, where)
+    input_path = _data_path(data, "input", where, required=True)
+    output_dir = _data_path(data, "output_dir", where, required=True)
+    endpoints = _config_path(data, "endpoints", where, task_dir, "endpoints file")
+    settings["input"] = str(input_path)
+    if endpoints is not None:
+        settings["endpoints_file"] = str(endpoints)
+    cluster = {k: data[k] for k in ("shards", "executor", "wait", "parallel", "budget_share", "slurm", "ray", "k8s")
+               if data.get(k) is not None}
+    return Task(path=path, task_type="submit", input=input_path, output_dir=output_dir, endpoints=endpoints,
+                env_file=_env_file(data, where, task_dir), settings=settings, cluster=cluster)
+
+
 # ---- using a task ----------------------------------------------------------------------------
 
 def load_env_file(task: Task) -> Path | None:
@@ -328,8 +349,7 @@ def load_env_file(task: Task) -> Path | None:
         return None
     if not task.env_file.is_file():
         raise ConfigError(f"{task.path}: key 'environment.env_file': env file {task.env_file} not found")
-    from dotenv import load_dotenv
-    load_dotenv(task.env_file, override=False)
+    read_env_file(task.env_file)
     log.info("loaded environment from %s", task.env_file)
     return task.env_file
 

@@ -13,7 +13,7 @@ from mpdistill.provider.registry import load_endpoints
 from mpdistill.tools.tasks import load_model
 from tests.conftest import ROOT, clean_env
 
-ORDER = {"split": 0, "distill": 1, "merge": 2}     # a merge reads what the split's chunks produced
+ORDER = {"split": 0, "distill": 1, "merge": 2, "submit": 3}   # a merge reads what the split's chunks produced
 
 
 def _run_task(cwd, task) -> subprocess.CompletedProcess:

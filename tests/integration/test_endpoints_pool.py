@@ -7,11 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mpdistill.provider.endpoint import mask_key
 from mpdistill.mock.server import MockServer
-from tests.conftest import Workdir, clean_env, read_jsonl, write_jsonl
+from tests.conftest import MODES, Workdir, clean_env, read_jsonl, write_jsonl
 
 KEY_REJECTED = "sk-test-rejected-0401"      # given only through api_key_env
 KEY_LIMITED = "sk-test-limited-0429"
@@ -74,11 +75,12 @@ def _status(wd: Workdir) -> dict:
     return json.loads(path.read_text())
 
 
-def test_four_endpoints_rejected_limited_slow_healthy_finish_every_row(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_four_endpoints_rejected_limited_slow_healthy_finish_every_row(tmp_path, mode):
     """A 401, an always-429, a slow and a healthy endpoint: every row once, the 401 key disabled and never shown."""
     with MockServer(fixed_status=401) as rejected, MockServer(fixed_status=429) as limited, \
             MockServer(latency_ms=300) as slow, MockServer() as healthy:
-        wd = Workdir(tmp_path, None)
+        wd = Workdir(tmp_path, None, mode)
         write_jsonl(wd.input, _rows(200))
         endpoints = _endpoints_file(
             wd, {"name": "rejected", "base_url": rejected.url, "api_key_env": "REJECTED_KEY"},
@@ -105,11 +107,12 @@ def test_four_endpoints_rejected_limited_slow_healthy_finish_every_row(tmp_path)
         assert key not in proc.stderr and key not in proc.stdout
 
 
-def test_rpm_set_three_times_too_high_converges_with_few_429s(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_rpm_set_three_times_too_high_converges_with_few_429s(tmp_path, mode):
     """--rpm 3x the server's limit: every row done, and AIMD keeps 429s to a small share of requests."""
     rps = 40
     with MockServer(rate_limit_rps=rps) as server:
-        wd = Workdir(tmp_path, server.url)
+        wd = Workdir(tmp_path, server.url, mode)
         write_jsonl(wd.input, _rows(400))
         proc = _run(wd, "--rpm", str(3 * rps * 60), processes=16)
         assert proc.returncode == 0, proc.stderr
@@ -122,10 +125,11 @@ def test_rpm_set_three_times_too_high_converges_with_few_429s(tmp_path):
     assert share <= 0.10
 
 
-def test_short_outage_pauses_and_the_run_finishes(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_short_outage_pauses_and_the_run_finishes(tmp_path, mode):
     """The only endpoint goes down mid-run and comes back within --max-outage: no error rows, exit 0."""
     with MockServer(latency_ms=20) as server:
-        wd = Workdir(tmp_path, server.url)
+        wd = Workdir(tmp_path, server.url, mode)
         write_jsonl(wd.input, _rows(300))
         proc = _start(wd, "--max-outage", "30", processes=4)
         _wait_for_rows(wd, proc, 30)
@@ -138,10 +142,11 @@ def test_short_outage_pauses_and_the_run_finishes(tmp_path):
     assert sorted(ids) == _ids(300) and wd.failures() == []
 
 
-def test_long_outage_stops_with_checkpoint_and_the_rerun_completes(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_long_outage_stops_with_checkpoint_and_the_rerun_completes(tmp_path, mode):
     """An outage longer than --max-outage exits 75 with a checkpoint and no failed rows; the rerun finishes."""
     with MockServer(latency_ms=20) as server:
-        wd = Workdir(tmp_path, server.url)
+        wd = Workdir(tmp_path, server.url, mode)
         write_jsonl(wd.input, _rows(300))
         proc = _start(wd, "--max-outage", "2", processes=4)
         _wait_for_rows(wd, proc, 30)
@@ -160,11 +165,12 @@ def test_long_outage_stops_with_checkpoint_and_the_rerun_completes(tmp_path):
     assert sorted(ids) == _ids(300) and wd.failures() == []
 
 
-def test_every_key_rejected_stops_without_failing_rows(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_key_rejected_stops_without_failing_rows(tmp_path, mode):
     """Every key 401: exit 75 with a message naming no key; output and checkpoint kept, no error rows."""
     good, bad = "sk-test-accepted-0001", ("sk-test-refused-0002", "sk-test-refused-0003")
     with MockServer(api_keys={good}) as server:
-        wd = Workdir(tmp_path, None)
+        wd = Workdir(tmp_path, None, mode)
         write_jsonl(wd.input, _rows(120))
         proc = _run(wd, "--base-url", server.url, "--api-key", good, "--limit", "40")
         assert proc.returncode == 0, proc.stderr

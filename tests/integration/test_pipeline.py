@@ -5,9 +5,11 @@ import json
 import signal
 import time
 
+import pytest
+
 from PIL import Image
 
-from tests.conftest import line_count, wait_for, write_jsonl
+from tests.conftest import MODES, line_count, wait_for, write_jsonl
 
 
 def _image(path, size=(40, 30), fmt="PNG"):
@@ -46,8 +48,10 @@ def test_happy_path_text_images_messages_and_batch(workdir):
     assert workdir.failures() == []
 
 
-def test_bad_rows_go_to_errors_file_and_run_goes_on(workdir):
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_rows_go_to_errors_file_and_run_goes_on(workdir, mode):
     """Each kind of bad row becomes an error line naming its line and reason; good rows finish."""
+    workdir.mode = mode
     _image(workdir.root / "ok.png")
     (workdir.root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
     _image(workdir.root / "pic.tiff", fmt="TIFF")
@@ -80,8 +84,10 @@ def test_bad_rows_go_to_errors_file_and_run_goes_on(workdir):
     assert "JSON object" in failures[10]["reason"]
 
 
-def test_retries_after_429_500_and_timeouts_then_success(workdir, mock_server):
+@pytest.mark.parametrize("mode", MODES)
+def test_retries_after_429_500_and_timeouts_then_success(workdir, mock_server, mode):
     """Transient failures are retried by the manager and the rows succeed with their attempts counted."""
+    workdir.mode = mode
     rows = [{"id": "r429", "prompt": "[[fail:429:2:0.05]] a"},
             {"id": "r500", "prompt": "[[fail:500:2]] b"},
             {"id": "bad", "prompt": "[[malformed:1]] c"},
@@ -97,8 +103,10 @@ def test_retries_after_429_500_and_timeouts_then_success(workdir, mock_server):
     assert mock_server.stats()["by_status"].get(429) == 2
 
 
-def test_timeout_is_retried(workdir):
+@pytest.mark.parametrize("mode", MODES)
+def test_timeout_is_retried(workdir, mode):
     """A request slower than --timeout is retried, and fails for good once retries run out."""
+    workdir.mode = mode
     write_jsonl(workdir.input, [{"id": "slow", "prompt": "[[sleep:3]] zzz"}, {"id": "fast", "prompt": "ok"}])
     proc = workdir.run("--timeout", "0.3", "--max-retries", "1")
     assert proc.returncode == 3, proc.stderr
@@ -108,8 +116,10 @@ def test_timeout_is_retried(workdir):
     assert [h["error"] for h in failure["history"]] == ["CallTimeoutError", "CallTimeoutError"]
 
 
-def test_row_that_fails_for_good(workdir):
+@pytest.mark.parametrize("mode", MODES)
+def test_row_that_fails_for_good(workdir, mode):
     """400 fails at once; a 500 that never ends fails after --max-retries with its history."""
+    workdir.mode = mode
     write_jsonl(workdir.input, [{"id": "rej", "prompt": "[[fail:400:*]] x"},
                                 {"id": "srv", "prompt": "[[fail:500:*]] y"},
                                 {"id": "ok", "prompt": "z"}])
@@ -123,26 +133,27 @@ def test_row_that_fails_for_good(workdir):
     assert "sk-test-0001" not in workdir.errors.read_text()
 
 
-def test_sigint_mid_run_saves_checkpoint_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_sigint_mid_run_saves_checkpoint_and_resume_finishes(tmp_path, mode):
     """Ctrl-C stops dispatch, keeps every durable row, exits 130; the rerun completes exactly once."""
     from mpdistill.mock.server import MockServer
     from tests.conftest import Workdir
     with MockServer(latency_ms=100) as server:
-        wd = Workdir(tmp_path, server.url)
-        write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(300)])
+        wd = Workdir(tmp_path, server.url, mode)
+        write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(150)])
         proc = wd.popen(processes=4)
         wait_for(lambda: line_count(wd.output) >= 20, proc=proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         first = [r["id"] for r in wd.results()]
-        assert 20 <= len(first) < 300 and len(set(first)) == len(first)
+        assert 20 <= len(first) < 150 and len(set(first)) == len(first)
         assert list(wd.checkpoints.glob("*_checkpoint.pkl"))
         proc = wd.run(processes=4)
         assert proc.returncode == 0, proc.stderr
         assert "Resuming:" in proc.stderr
         ids = [r["id"] for r in wd.results()]
-        assert sorted(ids) == sorted(f"r{i}" for i in range(300)) and len(ids) == 300
+        assert sorted(ids) == sorted(f"r{i}" for i in range(150)) and len(ids) == 150
         assert not list(wd.checkpoints.glob("*_checkpoint.pkl"))  # cleared on completion
 
 
@@ -157,11 +168,11 @@ def test_missing_input_and_bad_flag_exit_2(workdir):
     assert proc.returncode == 2
 
 
-def _slow_run(tmp_path, latency_ms=2000, rows=100):
+def _slow_run(tmp_path, latency_ms=2000, rows=100, mode="process"):
     from mpdistill.mock.server import MockServer
     from tests.conftest import Workdir
     server = MockServer(latency_ms=latency_ms).start()
-    wd = Workdir(tmp_path, server.url)
+    wd = Workdir(tmp_path, server.url, mode)
     write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(rows)])
     return server, wd
 
@@ -193,9 +204,10 @@ def test_second_ctrl_c_exits_at_once_without_losing_durable_lines(tmp_path):
         server.stop()
 
 
-def test_sigterm_lets_in_flight_calls_finish(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_lets_in_flight_calls_finish(tmp_path, mode):
     """SIGTERM stops dispatch, the calls in flight finish and are written, exit 130."""
-    server, wd = _slow_run(tmp_path, latency_ms=1000)
+    server, wd = _slow_run(tmp_path, latency_ms=1000, mode=mode)
     try:
         proc = wd.popen(processes=4)
         _wait_busy(wd, proc)

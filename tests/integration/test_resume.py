@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mpdistill.mock.server import MockServer
-from tests.conftest import ROOT, Workdir, clean_env, line_count, wait_for, write_jsonl
+from tests.conftest import MODES, ROOT, Workdir, clean_env, line_count, wait_for, write_jsonl
 
 N_ROWS = 400
 
@@ -44,9 +44,10 @@ def slow_server():
         yield server
 
 
-def test_kill9_manager_at_random_points_then_resume_exactly_once(tmp_path, slow_server):
+@pytest.mark.parametrize("mode", MODES)
+def test_kill9_manager_at_random_points_then_resume_exactly_once(tmp_path, slow_server, mode):
     """SIGKILL of the manager at several random points, rerun each time: every row exactly once."""
-    wd = Workdir(tmp_path, slow_server.url)
+    wd = Workdir(tmp_path, slow_server.url, mode)
     write_jsonl(wd.input, _rows())
     rng = random.Random(7)
     for _ in range(4):
@@ -61,9 +62,10 @@ def test_kill9_manager_at_random_points_then_resume_exactly_once(tmp_path, slow_
     _assert_exact(wd)
 
 
-def test_kill9_of_a_worker_requeues_its_rows(tmp_path, slow_server):
+@pytest.mark.parametrize("mode", MODES)
+def test_kill9_of_a_worker_requeues_its_rows(tmp_path, slow_server, mode):
     """A worker killed mid-run is replaced and its in-flight rows are redone; nothing lost."""
-    wd = Workdir(tmp_path, slow_server.url)
+    wd = Workdir(tmp_path, slow_server.url, mode)
     write_jsonl(wd.input, _rows(200))
     proc = wd.popen(processes=4)
     _wait_rows(wd, 20, proc)
@@ -183,9 +185,11 @@ def test_checkpoint_script_lists_and_clears(workdir):
     assert "No checkpoints" in listing.stdout
 
 
-def test_disk_full_stops_cleanly_and_rerun_completes(workdir):
+@pytest.mark.parametrize("mode", MODES)
+def test_disk_full_stops_cleanly_and_rerun_completes(workdir, mode):
     """A write that fails (file size limit as a stand-in for a full disk) stops the run with exit 75,
     every line on disk whole; the rerun completes every row exactly once."""
+    workdir.mode = mode
     import resource
     write_jsonl(workdir.input, [{"id": f"r{i}", "prompt": "x" * 300 + str(i)} for i in range(200)])
 

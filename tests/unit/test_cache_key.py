@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from mpdistill.provider.client import Completion
+from mpdistill.provider.answer import Completion
 from mpdistill.state.cache import ResponseCache, request_key
 
 

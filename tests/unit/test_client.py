@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mpdistill import errors
-from mpdistill.provider.client import Completion, complete, error_for_status, make_client, split_reasoning
+from mpdistill.provider.answer import Completion, split_reasoning
+from mpdistill.provider.client import complete, error_for_status, make_client
 from mpdistill.provider.endpoint import Endpoint
 
 KEY = "sk-test-0001"
@@ -103,9 +104,10 @@ def test_think_block_is_split(server):
 
 @pytest.mark.parametrize("body", [b"not json{", b"", json.dumps({"error": {"message": "x"}}).encode(),
                                   json.dumps({"choices": []}).encode(),
-                                  json.dumps({"choices": [{"finish_reason": "stop"}]}).encode()])
+                                  json.dumps({"choices": [{"finish_reason": "stop"}]}).encode(),
+                                  b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n'])
 def test_unusable_2xx_is_bad_response(server, body):
-    """A 2xx that is not JSON or has no usable choice raises BadResponseError."""
+    """A 2xx that is not JSON (an SSE stream too) or has no usable choice raises BadResponseError."""
     with pytest.raises(errors.BadResponseError) as info:
         call(server, body=body)
     assert info.value.status == 200
@@ -280,3 +282,35 @@ def test_post_chat_sends_extra_body_and_plain_params_like_create():
     sent = _json.loads(c.answer)
     assert sent["temperature"] == 0.3 and sent["top_k"] == 7 and sent["repetition_penalty"] == 1.1
     assert "extra_body" not in sent and "extra_headers" not in sent
+
+
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": 1}"}}
+
+
+@pytest.mark.parametrize("message", [{}, {"tool_calls": []}, {"refusal": None}, {"tool_calls": None, "refusal": ""}])
+def test_content_null_without_tool_calls_or_refusal_is_bad_response(server, message):
+    """content null with no tool calls and no refusal is no answer: BadResponseError saying so."""
+    with pytest.raises(errors.BadResponseError, match="content null") as info:
+        call(server, body=answer(None, **message))
+    assert info.value.retryable and info.value.status == 200
+
+
+def test_tool_calls_refusal_and_annotations_are_kept(server):
+    """An answer of tool calls (content null), a refusal and url annotations all reach the Completion."""
+    result = call(server, body=answer(None, tool_calls=[TOOL_CALL]))
+    assert result.answer is None and result.tool_calls == [TOOL_CALL]
+    result = call(server, body=answer(None, refusal="I can't help with that."))
+    assert result.refusal == "I can't help with that." and result.tool_calls is None
+    cite = {"type": "url_citation", "url_citation": {"url": "https://example.org", "title": "x"}}
+    result = call(server, body=answer("see the link", annotations=[cite]))
+    assert result.answer == "see the link" and result.annotations == [cite]
+
+
+def test_tool_fields_of_the_request_are_sent(server):
+    """tools, tool_choice, parallel_tool_calls and response_format go out as given."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    call(server, request={**REQUEST, "tools": tools, "tool_choice": "required", "parallel_tool_calls": False,
+                          "response_format": {"type": "text"}})
+    sent = server.seen[-1]
+    assert (sent["tools"], sent["tool_choice"], sent["parallel_tool_calls"]) == (tools, "required", False)
+    assert sent["response_format"] == {"type": "text"}

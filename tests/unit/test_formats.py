@@ -88,3 +88,17 @@ def test_reads_openai_and_vllm_lines():
                "error": {"code": "batch_expired", "message": "expired"}}
     assert from_batch_output(expired)["error"]["code"] == "batch_expired"
     assert not is_batch_output(RECORD)
+
+
+def test_tool_calls_refusal_and_annotations_round_trip():
+    """tool_calls, refusal and annotations of a row go into the Batch message and come back out."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    cite = [{"type": "url_citation", "url_citation": {"url": "https://example.org"}}]
+    record = {**RECORD, "answer": None, "finish_reason": "tool_calls", "tool_calls": [call],
+              "refusal": "no", "annotations": cite}
+    message = to_batch_output(record)["response"]["body"]["choices"][0]["message"]
+    assert (message["content"], message["tool_calls"], message["refusal"], message["annotations"]) == \
+        (None, [call], "no", cite)
+    back = from_batch_output(json.loads(json.dumps(to_batch_output(record))))
+    assert (back["tool_calls"], back["refusal"], back["annotations"]) == ([call], "no", cite)
+    assert "tool_calls" not in from_batch_output(to_batch_output(RECORD))

@@ -4,10 +4,12 @@ from __future__ import annotations
 from mpdistill.engine.health import Facts, Health
 
 
-def test_an_endpoint_is_presumed_healthy_so_a_first_failure_is_the_rows():
-    """The first failure on a fresh (or last-succeeding) endpoint is charged to the row."""
-    health = Health()
-    assert health.failed("e", "a", {}, "ConnectError") == Facts(row_fault=True, others_failing=False)
+def test_a_row_failing_alone_is_the_rows_fault():
+    """The only row failing on an endpoint (even after every other row is done) is charged to the row."""
+    health, marks = Health(), {}
+    health.succeeded("e")                     # the other rows finished first
+    for _ in range(3):
+        assert health.failed("e", "a", marks, "ConnectError") == Facts(row_fault=True, others_failing=False)
 
 
 def test_a_row_failing_while_others_succeed_is_a_poison_row():
@@ -37,8 +39,8 @@ def test_a_success_clears_the_failing_rows_and_errors_are_told_apart_by_class():
 
 
 def test_endpoints_are_judged_apart():
-    """A row failing on one endpoint is judged there alone; another endpoint's state is its own."""
-    health, marks = Health(), {}
-    health.failed("down", "a", marks, "ConnectError")
-    assert health.failed("up", "a", marks, "ConnectError").row_fault    # first failure on "up"
-    assert not health.failed("down", "a", marks, "ConnectError").row_fault
+    """Rows failing together on one endpoint say nothing about another endpoint."""
+    health = Health()
+    health.failed("down", "a", {}, "ConnectError")
+    assert not health.failed("down", "b", {}, "ConnectError").row_fault
+    assert health.failed("up", "b", {}, "ConnectError").row_fault

@@ -248,3 +248,13 @@ def test_follow_with_end_ends_after_the_end_number(tmp_path):
     put(tmp_path, 3)
     put(tmp_path, 4)
     assert kinds(rows) == [("row", 3), ("row", 4)]
+
+
+def test_a_bom_at_the_start_of_a_numbered_file_and_template_is_stripped(tmp_path):
+    """Numbered files and the template written with a BOM give the text without it."""
+    from mpdistill.inputs.numbered import read_template
+    (tmp_path / "report_1.txt").write_bytes("\ufefftext one".encode("utf-8"))
+    template = tmp_path / "t.txt"
+    template.write_bytes("\ufeffQ: {content}".encode("utf-8"))
+    (row,) = list(NumberedSource(tmp_path, template=read_template(template)).rows())
+    assert row.prompt == "Q: text one"

@@ -201,3 +201,12 @@ def test_python_rows_share_the_file_rules():
     assert isinstance(out[1], Row)   # "a" again, but row 1 was done before this run read it
     assert isinstance(out[2], BadRow) and "JSON object" in out[2].reason
     assert isinstance(out[3], Row) and out[3].id == "5"
+
+
+def test_a_bom_at_the_start_of_the_input_is_stripped(tmp_path):
+    """A UTF-8 BOM before row 1 (Windows editors) is not part of the row; a BOM inside the file still is."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + line("a") + b"\xef\xbb\xbf" + line("b"))
+    first, second = list(JsonlSource(path).rows())
+    assert isinstance(first, Row) and first.id == "a" and first.prompt == "hi"
+    assert isinstance(second, BadRow) and "line 2" in second.reason

@@ -1,0 +1,217 @@
+"""A shard's key pool when the budget is shared: request grants leased from a `BudgetService`.
+
+It has the engine's KeyPool interface. Grants come a few at a time; outcomes are reported in
+batches (a 429 or a transient failure at once, so every shard learns of it quickly). If the
+service is lost, the pool logs it and goes on alone with a conservative share: each limit (as
+configured, or as last learned) divided by the shards still running.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+GRANT_BATCH = 4          # grants per lease: few enough that a cut rate reaches every shard at once
+GRANT_TTL_S = 1.0        # an unused grant older than this goes back (its request slot is spent anyway)
+REPORT_EVERY_S = 0.2     # ok outcomes are sent at least this often (they drive the rate's growth)
+MAX_POLL_S = 0.25        # longest a shard waits before asking again for grants
+SNAPSHOT_EVERY_S = 1.0
+
+
+class ServiceLost(Exception):
+    """The shared budget cannot be reached (the adapter raises it for any transport failure)."""
+
+
+class LeasedPool:
+    """KeyPool interface over a shared budget; `fallback(endpoint limits)` builds the local pool."""
+
+    def __init__(self, service, shard: int, fallback: Callable[[dict], object], *,
+                 batch: int = GRANT_BATCH, clock: Callable[[], float] = time.monotonic) -> None:
+        self._service, self._shard, self._fallback = service, shard, fallback
+        self._batch, self._clock = batch, clock
+        self._grants: dict[str, deque] = {}          # model -> (endpoint, reserved, granted at)
+        self._reports: list = []
+        self._reported_at = clock()
+        self._ask_at: dict[str, float] = {}          # model -> no lease before this time
+        self._none_for: set[str] = set()             # models no enabled endpoint serves
+        self._flags = {"down": False, "unavailable": False, "disabled": False}
+        self._leased: Counter = Counter()            # calls in flight on grants, per endpoint
+        self._disabled: set[str] = set()
+        self._snapshot: list[dict] = []
+        self._snapshot_at = -SNAPSHOT_EVERY_S
+        self.local = None                            # the fallback pool, once the service is lost
+
+    # -- choosing -------------------------------------------------------------------------------
+
+    def acquire(self, model: str, est_tokens: int) -> str | None:
+        if self.local is not None:
+            return self.local.acquire(model, est_tokens)
+        now = self._clock()
+        queue = self._fresh(model, now)
+        if not queue and now >= self._ask_at.get(model, -1.0):
+            self._lease(model, est_tokens, now)
+            if self.local is not None:
+                return self.local.acquire(model, est_tokens)
+            queue = self._grants.get(model)
+        if not queue:
+            return None
+        name = queue.popleft()[0]
+        self._leased[name] += 1
+        return name
+
+    def wait_time(self, model: str, est_tokens: int) -> float | None:
+        if self.local is not None:
+            return self.local.wait_time(model, est_tokens)
+        now = self._clock()
+        self._flush_if_due(now)
+        if self._fresh(model, now):
+            return 0.0
+        if model in self._none_for:
+            return None
+        return min(MAX_POLL_S, max(0.0, self._ask_at.get(model, now) - now))
+
+    def _fresh(self, model: str, now: float) -> deque | None:
+        """The model's grants, the stale ones given back first."""
+        queue = self._grants.get(model)
+        while queue and now - queue[0][2] > GRANT_TTL_S:
+            name, reserved, _ = queue.popleft()
+            self._reports.append(("return", name, reserved))
+        return queue
+
+    def _lease(self, model: str, est: int, now: float) -> None:
+        reports, self._reports = self._reports, []
+        try:
+            reply = self._service.lease(self._shard, model, est, self._batch, reports)
+        except ServiceLost as err:
+            self._lose(err)
+            return
+        self._reported_at = now
+        self._flags = {k: bool(reply.get(k)) for k in self._flags}
+        grants = reply.get("grants") or []
+        self._grants.setdefault(model, deque()).extend((name, est, now) for name in grants)
+        wait = reply.get("wait")
+        if wait is None:
+            self._none_for.add(model)
+        else:
+            self._none_for.discard(model)
+        self._ask_at[model] = now + (0.0 if grants else min(MAX_POLL_S, max(0.005, wait or 0.0)))
+
+    # -- ending a call --------------------------------------------------------------------------
+
+    def release(self, name: str, *, ok: bool, reserved_tokens: int, used_tokens: int | None = None,
+                headers=None) -> None:
+        if self._ended_leased(name):
+            self._queue(("release", name, ok, reserved_tokens, used_tokens, dict(headers or {})), urgent=False)
+        else:
+            self.local.release(name, ok=ok, reserved_tokens=reserved_tokens, used_tokens=used_tokens, headers=headers)
+
+    def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
+        if self._ended_leased(name):
+            self._give_back(name)   # granted before this 429: the service decides again
+            self._queue(("429", name, retry_after, reserved_tokens), urgent=True)
+        else:
+            self.local.rate_limited(name, retry_after, reserved_tokens)
+
+    def failed(self, name: str, reserved_tokens: int, *, transient: bool) -> None:
+        if self._ended_leased(name):
+            self._queue(("failed", name, reserved_tokens, transient), urgent=transient)
+        else:
+            self.local.failed(name, reserved_tokens, transient=transient)
+
+    def _ended_leased(self, name: str) -> bool:
+        """True when the call ran on a grant (its outcome goes to the service, or nowhere if lost)."""
+        if self._leased[name] <= 0:
+            if self.local is None:
+                raise ValueError(f"endpoint {name!r} has no call in flight")
+            return False
+        self._leased[name] -= 1
+        return True
+
+    def _give_back(self, name: str) -> None:
+        for queue in self._grants.values():
+            keep = deque(g for g in queue if g[0] != name)
+            for g in queue:
+                if g[0] == name:
+                    self._reports.append(("return", g[0], g[1]))
+            queue.clear()
+            queue.extend(keep)
+
+    def _queue(self, report: tuple, urgent: bool) -> None:
+        if self.local is not None:
+            return   # the service is gone; the fallback pool never saw this call
+        self._reports.append(report)
+        if urgent:
+            self.flush()
+
+    def _flush_if_due(self, now: float) -> None:
+        if self._reports and now - self._reported_at >= REPORT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered reports now."""
+        if self.local is not None or not self._reports:
+            return
+        reports, self._reports = self._reports, []
+        self._reported_at = self._clock()
+        try:
+            self._service.report(self._shard, reports)
+        except ServiceLost as err:
+            self._lose(err)
+
+    def close(self) -> None:
+        """Give every unused grant back and send what is left to report."""
+        for queue in self._grants.values():
+            self._reports.extend(("return", name, reserved) for name, reserved, _ in queue)
+            queue.clear()
+        self.flush()
+
+    # -- losing the service ---------------------------------------------------------------------
+
+    def _lose(self, err: Exception) -> None:
+        learned = {row["name"]: row.get("current_rpm") for row in self._snapshot}
+        self.local = self._fallback(learned)
+        for name in self._disabled:
+            self.local.disable(name, "disabled by the shared budget before it was lost")
+        log.warning("shard %d: the shared rate budget is lost (%s); going on alone with a conservative "
+                    "share of every limit", self._shard, err)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def disable(self, name: str, reason: str) -> bool:
+        if self.local is not None:
+            return self.local.disable(name, reason)
+        if name in self._disabled:
+            return False
+        self._disabled.add(name)
+        self._queue(("disable", name, reason), urgent=True)
+        return True
+
+    def all_disabled(self, model: str | None = None) -> bool:
+        if self.local is not None:
+            return self.local.all_disabled(model)
+        return self._flags["disabled"] and (model is None or model in self._none_for)
+
+    def all_unavailable(self) -> bool:
+        return self.local.all_unavailable() if self.local is not None else self._flags["unavailable"]
+
+    def all_down(self) -> bool:
+        return self.local.all_down() if self.local is not None else self._flags["down"]
+
+    def in_flight(self, name: str) -> int:
+        return self._leased[name] + (self.local.in_flight(name) if self.local is not None else 0)
+
+    def snapshot(self) -> list[dict]:
+        if self.local is not None:
+            return self.local.snapshot()
+        now = self._clock()
+        if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self._snapshot_at = now
+            try:
+                self._snapshot = self._service.snapshot()
+            except ServiceLost as err:
+                self._lose(err)
+                return self.local.snapshot()
+        return self._snapshot

@@ -1,0 +1,99 @@
+"""The asyncio worker (`--mode async`): one event loop, one AsyncOpenAI client per endpoint, up to
+`-c` calls in flight, speaking the same pipe protocol as the threaded worker in `worker.py`.
+
+The manager never sends a worker more than `-c` tasks at once, so the loop needs no semaphore:
+every task that arrives is started at once, and its outcome is sent back when it ends.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import time
+from typing import Any
+
+from ..errors import MpdistillError, to_info
+from ..provider import client
+from .worker import Outcome, Task, WorkerSpec, prepare, serve_signals, surprise
+
+
+async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
+    """`worker.execute` for an AsyncOpenAI client: never raises for a call or row problem."""
+    start = time.monotonic()
+    try:
+        request = prepare(task.request, spec, deadline=start + spec.timeout)
+        completion = await client.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start))
+        return Outcome(task.tid, completion, None, time.monotonic() - start)
+    except MpdistillError as err:
+        return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
+    except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
+        return surprise(task.tid, err, start)
+
+
+class _AsyncWorker:
+    """The loop's state: the pipe, the clients (made lazily, inside the loop) and the running calls."""
+
+    def __init__(self, conn, spec: WorkerSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.endpoints = {e.name: e for e in spec.endpoints}
+        self.clients: dict[str, Any] = {}
+        self.running: set[asyncio.Task] = set()
+        self.stopped: asyncio.Future | None = None
+
+    def client_for(self, name: str) -> Any:
+        if name not in self.clients:
+            self.clients[name] = client.make_async_client(self.endpoints[name], self.spec.timeout,
+                                                          connections=self.spec.concurrency,
+                                                          max_response_bytes=self.spec.max_response_bytes)
+        return self.clients[name]
+
+    def on_readable(self) -> None:
+        """One message from the manager: a task to start, or None (stop after the running calls)."""
+        try:
+            task = pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            task = None   # the manager is gone: nothing left to do
+        if task is None:
+            self.stop()
+            return
+        call = asyncio.ensure_future(self.call(task))
+        self.running.add(call)
+        call.add_done_callback(self.running.discard)
+
+    async def call(self, task: Task) -> None:
+        try:
+            api = self.client_for(task.endpoint)
+        except Exception as err:  # an SDK surprise: report it, or the task would never come back
+            outcome = surprise(task.tid, err, time.monotonic())
+        else:
+            outcome = await aexecute(task, api, self.spec)
+        try:
+            self.conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, OSError):
+            os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
+
+    def stop(self) -> None:
+        """Take no more tasks (None from the manager, or SIGTERM); `serve` ends after the running calls."""
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopped = loop.create_future()
+        loop.add_reader(self.conn.fileno(), self.on_readable)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        await self.stopped
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
+        for api in self.clients.values():
+            await api.close()
+
+
+def async_worker_main(conn, spec: WorkerSpec, clients=None) -> None:
+    """Entry point of an async worker process (same arguments as `worker.worker_main`; no
+    inherited clients: async clients belong to the loop that made them)."""
+    serve_signals()
+    asyncio.run(_AsyncWorker(conn, spec).serve())

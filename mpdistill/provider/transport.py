@@ -1,0 +1,193 @@
+"""The HTTP layer under the SDK: a total deadline per call, a response size cap, same-origin redirects.
+
+httpx times each socket operation on its own, so a server that drips a byte every few seconds
+never times out. Here every socket operation of a call is clamped to what is left of the call's
+deadline (`deadline`, a context variable: each worker thread has its own), so connect, send, the
+headers and the last byte of the body all fit in `--timeout`. A response over the size cap and a
+redirect to another origin (which would re-send the prompt elsewhere) end the call with an error.
+The checks are plain functions, shared by the sync and async transports.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from typing import Any, AsyncIterator, Iterator
+
+import httpcore2
+import httpx2
+
+from ..errors import RedirectError, ResponseTooLargeError
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("mpdistill_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Every socket operation inside the block ends within `seconds` from now (None: no deadline)."""
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _clamp(timeout: float | None, timeout_error: type[Exception]) -> float | None:
+    """`timeout` cut to what is left of the current deadline; raises once nothing is left."""
+    end = _DEADLINE.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise timeout_error("the call's total deadline (--timeout) has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore2.NetworkStream):
+    """A connection whose reads and writes never outlast the current call's deadline."""
+
+    def __init__(self, inner: httpcore2.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _clamp(timeout, httpcore2.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamp(timeout, httpcore2.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.NetworkStream:
+        timeout = _clamp(timeout, httpcore2.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore2.NetworkBackend):
+    """httpcore's socket backend with every connection made and used under the deadline."""
+
+    def __init__(self, inner: httpcore2.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        timeout = _clamp(timeout, httpcore2.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        timeout = _clamp(timeout, httpcore2.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def redacted(url: httpx2.URL | str) -> str:
+    """scheme://host[:port]/path of a URL: no credentials, no query string (it may hold keys)."""
+    url = httpx2.URL(str(url))
+    return f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"
+
+
+def check_redirect(request: httpx2.Request, response: httpx2.Response) -> None:
+    """RedirectError when `response` redirects to another origin (scheme, host or port)."""
+    if not response.has_redirect_location:
+        return
+    target = request.url.join(response.headers["location"])
+    if (target.scheme, target.host, target.port) != (request.url.scheme, request.url.host, request.url.port):
+        raise RedirectError(f"HTTP {response.status_code}: redirect from {redacted(request.url)} to "
+                            f"another origin, {redacted(target)}, not followed (it would send the "
+                            "prompt there); point --base-url at the final address",
+                            status=response.status_code)
+
+
+def check_declared_size(response: httpx2.Response, cap: int | None) -> None:
+    """ResponseTooLargeError when the response's Content-Length already says it exceeds `cap`."""
+    declared = response.headers.get("content-length", "")
+    if cap is not None and declared.isdigit() and int(declared) > cap:
+        raise _too_large(response.status_code, cap)
+
+
+def _too_large(status: int, cap: int) -> ResponseTooLargeError:
+    return ResponseTooLargeError(f"HTTP {status}: the response exceeds --max-response-bytes "
+                                 f"({cap} bytes); not read further", status=status)
+
+
+class _CappedStream(httpx2.SyncByteStream):
+    """A response body that raises once more than `cap` bytes have come."""
+
+    def __init__(self, inner: httpx2.SyncByteStream, cap: int, status: int) -> None:
+        self._inner, self._cap, self._status = inner, cap, status
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = 0
+        for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._cap:
+                raise _too_large(self._status, self._cap)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _AsyncCappedStream(httpx2.AsyncByteStream):
+    """The async twin of `_CappedStream` (the counting is the same three lines)."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, cap: int, status: int) -> None:
+        self._inner, self._cap, self._status = inner, cap, status
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._cap:
+                raise _too_large(self._status, self._cap)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class GuardedTransport(httpx2.HTTPTransport):
+    """httpx's transport with the call deadline on every socket, the size cap and the redirect rule."""
+
+    def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cap = max_response_bytes
+        pool = getattr(self, "_pool", None)
+        if isinstance(pool, httpcore2.ConnectionPool):   # direct connections (not through a proxy)
+            pool._network_backend = _DeadlineBackend(pool._network_backend)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = super().handle_request(request)
+        try:
+            check_redirect(request, response)
+            check_declared_size(response, self._cap)
+        except Exception:
+            response.close()
+            raise
+        if self._cap is not None:
+            response.stream = _CappedStream(response.stream, self._cap, response.status_code)
+        return response
+
+
+class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
+    """For AsyncOpenAI: the size cap and the redirect rule; the deadline is `asyncio.timeout`."""
+
+    def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cap = max_response_bytes
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        try:
+            check_redirect(request, response)
+            check_declared_size(response, self._cap)
+        except Exception:
+            await response.aclose()
+            raise
+        if self._cap is not None:
+            response.stream = _AsyncCappedStream(response.stream, self._cap, response.status_code)
+        return response

@@ -1,0 +1,168 @@
+"""Unit tests of mpdistill.provider.transport through the real SDK against tiny local servers:
+the total deadline, the response size cap and the same-origin redirect rule."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import socketserver
+import threading
+import time
+
+import pytest
+
+from mpdistill import errors
+from mpdistill.provider.client import acomplete, complete, make_async_client, make_client
+from mpdistill.provider.endpoint import Endpoint
+
+KEY = "sk-test-0001"
+REQUEST = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+ANSWER = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "ok"}}]}).encode()
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    """A raw HTTP/1.1 server: `reply(handler)` writes whatever the test wants, however slowly."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, reply) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.reply, self.requests = reply, []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        """Read one request (head and body), record its path, then let the test's reply write."""
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = self.rfile.readline()
+            if not line:
+                return
+            head += line
+        length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
+        self.rfile.read(length)
+        self.server.requests.append(head.split(b" ")[1].decode())
+        try:
+            self.server.reply(self)
+        except OSError:
+            pass  # the client gave up (deadline, cap): that is what the test wanted
+
+
+@pytest.fixture
+def serve():
+    """Start raw servers for a test; all are shut down after it."""
+    started = []
+
+    def start(reply) -> _Server:
+        srv = _Server(reply)
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        started.append(srv)
+        return srv
+    yield start
+    for srv in started:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _client(url: str, timeout: float = 5.0, cap: int | None = 1 << 20):
+    return make_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, max_response_bytes=cap)
+
+
+def _head(status: str = "200 OK", length: int | None = None, extra: str = "") -> bytes:
+    size = f"Content-Length: {length}\r\n" if length is not None else ""
+    return f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{size}{extra}\r\n".encode()
+
+
+def _drip(handler) -> None:
+    """The whole answer, one byte every 0.2 s: each read is quick, the call would take minutes."""
+    for byte in _head(length=len(ANSWER)) + ANSWER:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(20)
+def test_a_dripping_server_fails_at_the_total_deadline(serve):
+    """A byte every 0.2 s never trips a per-read timeout of 1 s; the 1 s total deadline ends the call."""
+    srv = serve(_drip)
+    with pytest.raises(errors.CallTimeoutError, match="deadline"):
+        complete(_client(srv.url, timeout=1.0), dict(REQUEST), timeout=1.0)
+
+
+@pytest.mark.timeout(20)
+def test_the_async_client_keeps_the_same_deadline(serve):
+    """acomplete ends a dripping call at its deadline too, with the same error class."""
+    srv = serve(_drip)
+    client = make_async_client(Endpoint(name="local", base_url=srv.url, api_key=KEY), 1.0)
+    with pytest.raises(errors.CallTimeoutError):
+        asyncio.run(acomplete(client, dict(REQUEST), timeout=1.0))
+
+
+def test_a_call_within_its_deadline_is_untouched(serve):
+    """A prompt answer under a deadline is a normal Completion (connection reuse included)."""
+    srv = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
+    client = _client(srv.url)
+    assert [complete(client, dict(REQUEST), timeout=5.0).answer for _ in range(3)] == ["ok"] * 3
+
+
+def _big(declared: bool):
+    def reply(handler) -> None:
+        body = b'{"choices": [{"message": {"content": "' + b"x" * (3 << 20) + b'"}}]}'
+        handler.wfile.write(_head(length=len(body) if declared else None, extra="Connection: close\r\n"))
+        handler.wfile.write(body)
+    return reply
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-close"])
+def test_an_answer_over_the_size_cap_fails_the_row(serve, declared):
+    """A 3 MB answer against a 1 MB cap is ResponseTooLargeError (not retried), declared or not."""
+    srv = serve(_big(declared))
+    with pytest.raises(errors.ResponseTooLargeError, match="max-response-bytes") as info:
+        complete(_client(srv.url, cap=1 << 20), dict(REQUEST))
+    assert not info.value.retryable
+
+
+def test_no_cap_reads_a_large_answer(serve):
+    """With the cap off (None) the same 3 MB answer is read whole."""
+    srv = serve(_big(True))
+    assert len(complete(_client(srv.url, cap=None), dict(REQUEST)).answer) == 3 << 20
+
+
+def test_a_redirect_to_another_origin_is_not_followed(serve):
+    """A 307 to another port is refused naming both URLs (no key, no query); the other server gets nothing."""
+    elsewhere = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
+    target = f"{elsewhere.url}/chat/completions?api_key={KEY}"
+    srv = serve(lambda h: h.wfile.write(_head("307 Temporary Redirect", 0, f"Location: {target}\r\n")))
+    with pytest.raises(errors.RedirectError) as info:
+        complete(_client(srv.url), dict(REQUEST))
+    message = str(info.value)
+    assert f"{srv.url}/chat/completions" in message and f"{elsewhere.url}/chat/completions" in message
+    assert KEY not in message and elsewhere.requests == [] and info.value.status == 307
+
+
+def test_a_same_origin_redirect_is_followed(serve):
+    """A 308 to another path on the same server is followed as the SDK would."""
+    def reply(handler) -> None:
+        if handler.server.requests[-1].endswith("/moved"):
+            handler.wfile.write(_head(length=len(ANSWER)) + ANSWER)
+        else:
+            handler.wfile.write(_head("308 Permanent Redirect", 0, "Location: /v1/moved\r\n"))
+    srv = serve(reply)
+    assert complete(_client(srv.url), dict(REQUEST)).answer == "ok"
+    assert srv.requests == ["/v1/chat/completions", "/v1/moved"]
+
+
+def test_a_connection_to_a_silent_port_times_out_within_the_deadline():
+    """A server that accepts and never answers ends at the deadline as CallTimeoutError."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        with pytest.raises(errors.CallTimeoutError):
+            complete(_client(url, timeout=30.0), dict(REQUEST), timeout=0.5)
