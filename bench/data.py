@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from mpdistill.api import default_jobs, job_fields
+from mpdistill.plan import default_jobs, job_fields
 from mpdistill.config import OutputFiles, RunConfig
 from mpdistill.state.checkpoint import CheckpointManager
 from mpdistill.state.fingerprint import JobRecord, config_fingerprint, fingerprint_input, write_job

@@ -170,17 +170,37 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict | None = None, sam
         timeout: float = 900) -> Run:
     """Run `cmd` to the end; CPU is that of its whole tree (workers are reaped by the manager,
     so their time rolls up into ours when we reap it)."""
+    return finish(start(cmd, cwd=cwd, env=env, sample=sample), cmd, timeout=timeout)
+
+
+@dataclass
+class Started:
+    """A command started by `start`, to be ended by `finish`."""
+
+    proc: subprocess.Popen
+    cpu0: float
+    t0: float
+    sampler: TreeSampler | None
+
+
+def start(cmd: list[str], *, cwd: Path | None = None, env: dict | None = None, sample: bool = False) -> Started:
+    """Start `cmd` (the bench does something while it runs), measured from now."""
     cpu0, t0 = _children_cpu(), time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sampler = TreeSampler(proc.pid).start() if sample else None
+    return Started(proc, cpu0, t0, TreeSampler(proc.pid).start() if sample else None)
+
+
+def finish(started: Started, cmd: list[str], timeout: float = 900) -> Run:
+    """Wait for a command from `start` to end; its wall time, CPU and memory."""
+    proc = started.proc
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    memory = sampler.stop() if sampler else None
-    return Run(cmd, proc.returncode, wall, _children_cpu() - cpu0,
+    wall = time.perf_counter() - started.t0
+    memory = started.sampler.stop() if started.sampler else None
+    return Run(cmd, proc.returncode, wall, _children_cpu() - started.cpu0,
                out.decode("utf-8", "replace"), memory)
 
 

@@ -23,11 +23,14 @@ sys.path.insert(1, str(HERE.parent))
 
 import measure  # noqa: E402
 import report  # noqa: E402
+import scale  # noqa: E402
 import server as bench_server  # noqa: E402
 import workloads  # noqa: E402
 
 WORKLOADS = {"1": workloads.latency_bound, "2": workloads.overhead, "3": workloads.rate_limited,
-             "4": workloads.resume, "5": workloads.checkpoint_cost, "6": workloads.memory}
+             "4": workloads.resume, "5": workloads.checkpoint_cost, "6": workloads.memory,
+             "7": scale.in_flight, "8": scale.strict_limiter, "9": scale.rising_limit, "10": scale.startup,
+             "12": scale.overhead_modes}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,10 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def open_server(sizes: workloads.Sizes, force_mock: bool):
-    kw = {"delays_ms": (0, sizes.latency_delay_ms), "rate": sizes.rate_rps, "burst": 5, "rate_delay_ms": 50}
+    kw = {"delays_ms": (0, sizes.latency_delay_ms, sizes.flight_delay_ms), "rate": sizes.rate_rps, "burst": 5,
+          "rate_delay_ms": 50}
+    strict = {f"strict{rate}": rate for rate in sizes.strict_rates} | {"rise": sizes.rise_rate}
     if force_mock:
         return bench_server.MockFallback(**kw), "built-in mock server (--mock)"
-    return bench_server.open_server(**kw)
+    return bench_server.open_server(**kw, strict=strict)
 
 
 def main(argv=None) -> int:

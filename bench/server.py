@@ -221,12 +221,21 @@ class MockFallback:
     kind = "mock"
 
     def __init__(self, delays_ms=(0, 200), rate: float = 50, burst: int = 5, rate_delay_ms: int = 50,
-                 workers: int = 1) -> None:
+                 workers: int = 1, strict: dict | None = None) -> None:
         from mpdistill.mock.server import MockServer
         self.version = "mpdistill.mock.server"
         self._servers = {ms: MockServer(latency_ms=ms, reasoning=False) for ms in delays_ms}
         self._rate = MockServer(latency_ms=rate_delay_ms, rate_limit_rps=rate, reasoning=False)
+        # The mock's limiter is a sliding window, not nginx's strict one: the figures only approximate.
+        self._strict = {name: MockServer(latency_ms=rate_delay_ms, rate_limit_rps=r, reasoning=False)
+                        for name, r in (strict or {}).items()}
         self._marks: dict = {}
+
+    def strict_url(self, name: str) -> str:
+        return self._strict[name].url
+
+    def set_strict_rate(self, name: str, rate: float) -> None:
+        raise RuntimeError("the built-in mock cannot change its limit mid-run; install nginx for this workload")
 
     def url(self, delay_ms: int) -> str:
         return self._servers[delay_ms].url
@@ -235,7 +244,7 @@ class MockFallback:
         return self._rate.url
 
     def start(self) -> MockFallback:
-        for server in (*self._servers.values(), self._rate):
+        for server in (*self._servers.values(), self._rate, *self._strict.values()):
             server.start()
         return self
 
@@ -251,7 +260,7 @@ class MockFallback:
         return []   # the mock keeps counters, not a log
 
     def stop(self) -> None:
-        for server in (*self._servers.values(), self._rate):
+        for server in (*self._servers.values(), self._rate, *self._strict.values()):
             server.stop()
 
     def __enter__(self) -> MockFallback:

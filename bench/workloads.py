@@ -39,11 +39,18 @@ class Sizes:
     memory_inputs: tuple[int, ...] = (500_000, 2_000_000)
     memory_limit: int = 20_000
     wrk_seconds: float = 5.0
+    flight_rows: int = 20_000         # 7: thousands in flight
+    flight_delay_ms: int = 2000
+    strict_rates: tuple[int, ...] = (20, 50)   # 8: strict limiter
+    strict_seconds: float = 20.0
+    rise_rate: int = 20               # 9: a limit that doubles
+    rise_after_s: float = 30.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(latency_rows=2000, overhead_rows=2000, rate_rows=500, resume_rows=1_000_000,
-                   checkpoint_repeats=15, memory_limit=4000, wrk_seconds=2.0)
+                   checkpoint_repeats=15, memory_limit=4000, wrk_seconds=2.0, flight_rows=6000,
+                   strict_seconds=10.0, rise_after_s=20.0)
 
 
 @dataclass
@@ -385,5 +392,7 @@ def _memory_default_pool(b: Bench) -> None:
     m = r.memory
     b.add(Figure(wl, f"-p 64, {rows:,}-row input: manager peak RSS (VmHWM)", m.manager_hwm, "MB"),
           Figure(wl, f"-p 64: tree RSS sum ({m.processes} processes)", m.tree_rss, "MB"),
-          Figure(wl, "-p 64: tree PSS sum", m.tree_pss, "MB",
-                 detail=f"{(m.tree_pss or 0) / max(1, m.processes - 1):.1f} MB per process" if m.tree_pss else ""))
+          Figure(wl, "-p 64: tree PSS sum", m.tree_pss, "MB", "≤ 400 MB",
+                 m.tree_pss is not None and m.tree_pss <= 400,
+                 detail=f"{(m.tree_pss or 0) / max(1, m.processes - 1):.1f} MB per process" if m.tree_pss else "",
+                 key="w6-p64-pss"))

@@ -367,6 +367,14 @@ def read_env_file(path: Path) -> bool:
     return load_dotenv(path, override=False)
 
 
+def default_checkpoint_dir(config_py: Path = Path("config.py")) -> str:
+    """Where checkpoints are when no flag says: config.py's CHECKPOINT_DIR, else `checkpoints`."""
+    try:
+        return build_config({}, config_py=config_py).checkpoint_dir
+    except ConfigError:
+        return "checkpoints"
+
+
 def build_config(cli: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
                  yaml_values: Mapping[str, Any] | None = None,
                  config_py: Path | None = None) -> RunConfig:

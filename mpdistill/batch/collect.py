@@ -40,8 +40,9 @@ class Collector:
     """Turns one batch's result files into output and error lines of `job`."""
 
     def __init__(self, job, attempts: dict, max_retries: int, *, endpoint: str, batch_id: str,
-                 turnaround_s: float, cancelled: bool = False) -> None:
+                 turnaround_s: float, cancelled: bool = False, answered=None) -> None:
         self.job = job
+        self.answered = answered        # (alias, latency, usage) of each answer, for the report
         self.attempts = attempts
         self.max_retries = max_retries
         self.endpoint = endpoint
@@ -106,9 +107,8 @@ class Collector:
                                        attempts=attempts, endpoint=self.endpoint)
         record["batch_id"] = self.batch_id
         job.writer.add_result(key, row.end_offset, records.with_samples(record, completion.samples, False))
-        job.stats.ok += 1
-        job.stats.latency.add(self.turnaround)
-        job.stats.add_usage(completion.usage)
+        if self.answered is not None:
+            self.answered(job.alias, self.turnaround, completion.usage)
         self.outcome.ok += 1
 
     def _fail(self, key: int, meta: dict, err) -> None:
@@ -131,7 +131,6 @@ class Collector:
                     "message": str(err)[:300], "retry_in_s": None}]
         job.writer.add_error(key, row.end_offset, records.error_record(
             row, err, model=job.model, attempts=attempts, history=history))
-        job.stats.failed += 1
         self.outcome.failed += 1
 
 

@@ -2,8 +2,8 @@
 
 One thread, no worker pool. Every step that the provider remembers is journaled first
 (`state.batches`), so a kill at any point is followed by a rerun that finds each batch again,
-creates none twice and writes every answer once. The online `Runner`'s interface (run, summary,
-complete, progress) is kept, so the library entry runs either the same way.
+creates none twice and writes every answer once. The online `Runner`'s interface (run, view,
+complete, and the observer it reports to) is kept, so the engine runs either the same way.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from collections import deque
 from ..errors import AuthError, CallError, CheckpointError, RunAbortedError, TransientError
 from ..inputs.jsonl import BadRow, Blank, Idle
 from ..outputs import records
-from ..report.stats import RateMeter, build_summary
-from ..report.status import write_status
+from ..engine.ratelimit import Meter
+from ..engine.view import RunView, job_counts
 from ..state.batches import BatchJournal, journal_path
 from ..state.stopfile import check_stop
 from . import calls, crash
@@ -33,12 +33,13 @@ STATUS_EVERY_S = 1.0
 class BatchRunner:
     """Runs one job's rows through the provider's Batch API until done, stopped or aborted."""
 
-    def __init__(self, cfg, jobs, rows, keypool=None, spec=None, *, total=None, status_file=None,
-                 progress=None, elapsed_before: float = 0.0, iteration=None, last_round=True,
-                 source=None, cache=None, observer=None) -> None:
+    def __init__(self, cfg, jobs, rows, keypool=None, spec=None, observer=None, *, total=None, status_file=None,
+                 elapsed_before: float = 0.0, iteration=None, last_round=True,
+                 source=None, cache=None) -> None:
         self.cfg, self.job, self.rows = cfg, jobs[0], rows
         self.jobs = jobs
-        self.total, self.status_file, self.progress = total, status_file, progress
+        self.observer = observer
+        self.total, self.status_file = total, status_file
         self.elapsed_before = elapsed_before
         self.iteration = None
         self.source = source
@@ -55,16 +56,17 @@ class BatchRunner:
         self._limited = False
         self._stop: str | None = None
         self._by_request = False
-        self._seen = (0, 0)
-        self._meter = RateMeter()
+        self._before = [(self.job.checkpoint.ok, self.job.checkpoint.failed)]
+        self._counted = sum(self._before[0])     # durable rows the rate meter has seen
         self._status_at = 0.0
         self._started = time.monotonic()
+        self._meter = Meter(start=self._started)
         self.started_at = time.time()
         prices = self.job.prices
         self.online_prices = prices
         if prices:
             factor = cfg.batch_price
-            self.job.stats.prices = tuple(None if p is None else p * factor for p in prices)
+            self.job.prices = tuple(None if p is None else p * factor for p in prices)
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class BatchRunner:
                 ckpt.save()
             except CheckpointError as err:
                 log.error("%s (the output is intact; the next run rebuilds from it)", err)
-        self._write_status("finished" if self.complete else "stopped")
+        self.observer.tick(self.view("finished" if self.complete else "stopped"))
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self._started
@@ -196,7 +198,6 @@ class BatchRunner:
             self._taken += 1
             if isinstance(entry, BadRow):
                 self.job.writer.add_error(entry.key, entry.end_offset, records.bad_row_record(entry))
-                self.job.stats.failed += 1
                 continue
             return entry
         return None
@@ -253,7 +254,8 @@ class BatchRunner:
         entry.errors = reason if batch.status == "failed" else None
         collector = Collector(self.job, self.journal.attempts, self.cfg.max_retries, endpoint=endpoint.name,
                               batch_id=entry.batch_id, turnaround_s=max(0.0, time.time() - (batch.created_at or 0)),
-                              cancelled=batch.status == "cancelled" and bool(self.cfg.cancel_batches))
+                              cancelled=batch.status == "cancelled" and bool(self.cfg.cancel_batches),
+                              answered=self.observer.answered)
         outcome = collector.collect(entry, self.journal.rows_file(entry), files.get("out"), files.get("err"), reason)
         if self.cache is not None:
             self.cache.store_batch(self.job, files.get("out"), self.journal.rows_file(entry))
@@ -286,15 +288,13 @@ class BatchRunner:
     # ---- status -------------------------------------------------------------------------------
 
     def _progress(self, raise_errors: bool = True) -> None:
-        w = self.job.writer
-        if w.error is not None and raise_errors:
-            raise w.error   # disk full, permissions: the run stops, what is durable stays
-        ok, failed = w.durable_ok - self._seen[0], w.durable_failed - self._seen[1]
-        if ok or failed:
-            self._seen = (w.durable_ok, w.durable_failed)
-            self._meter.add(ok + failed)
-            if self.progress:
-                self.progress(ok, failed)
+        if self.job.writer.error is not None and raise_errors:
+            raise self.job.writer.error   # disk full, permissions: the run stops, what is durable stays
+        ck = self.job.checkpoint
+        if ck.ok + ck.failed != self._counted:
+            self._meter.add(time.monotonic(), ck.ok + ck.failed - self._counted)
+            self._counted = ck.ok + ck.failed
+            self.observer.durable(job_counts(self.jobs, self._before))
 
     def _check_stop_file(self) -> None:
         if self.status_file is not None and check_stop(self.status_file, os.getpid()) is not None:
@@ -305,47 +305,25 @@ class BatchRunner:
         now = time.monotonic()
         if now - self._status_at >= STATUS_EVERY_S:
             self._status_at = now
-            self._write_status("stopping" if self._stop else "running")
+            self.observer.tick(self.view("stopping" if self._stop else "running"))
 
-    def status(self, state: str) -> dict:
-        ck = self.job.checkpoint
-        rate = self._meter.rate()
-        eta = (self.total - ck.processed_count) / rate if self.total and rate > 0 else None
+    def view(self, state: str) -> RunView:
+        """The facts of the run now, for `report/` (as the online `Runner.view`)."""
         batches = [{"local": e.local, "id": e.batch_id, "endpoint": e.endpoint, "state": e.state,
                     "status": e.status or e.state, "rows": len(e.keys), "counts": e.counts}
                    for e in self.journal.open_batches()]
-        return {"run": self.cfg.name, "state": state, "via": "batch", "pid": os.getpid(),
-                "started_at": self.started_at, "updated_at": time.time(), "input": self.cfg.input,
-                "output": str(self.job.writer.output_path), "total": self.total, "done": ck.processed_count,
-                "ok": ck.ok, "failed": ck.failed, "in_flight": sum(b["rows"] for b in batches),
-                "retry_waiting": sum(len(k) for _, k in self.retry_queue), "rows_per_s": round(rate, 3),
-                "eta_s": eta, "elapsed_s": round(self.elapsed(), 3),
-                "models": {self.job.alias: {"done": ck.processed_count, "ok": ck.ok, "failed": ck.failed}},
-                "workers": [], "endpoints": self.lanes.snapshot(), "batches": batches,
-                **({"cache": self.cache.figures(self.job)} if self.cache is not None else {})}
-
-    def _write_status(self, state: str) -> None:
-        if self.status_file is None:
-            return
-        try:
-            write_status(self.status_file, self.status(state))
-        except OSError as err:
-            log.warning("cannot write status file %s: %s", self.status_file, err)
-
-    def summary(self, state: str, already_done: int) -> dict:
-        summary = build_summary({self.job.alias: self.job.stats}, elapsed=time.monotonic() - self._started,
-                                endpoints=self.lanes.snapshot(), state=state, already_done=already_done,
-                                outputs={self.job.alias: str(self.job.writer.output_path)})
-        summary["failed_total"] = self.job.checkpoint.failed
-        summary["via"] = "batch"
-        summary["batch_price_factor"] = self.cfg.batch_price
-        if summary.get("cost") is not None and self.cfg.batch_price > 0:
-            summary["cost_at_online_price"] = round(summary["cost"] / self.cfg.batch_price, 6)
-        summary["batches_created"] = self.submit.created
-        summary["batches_open"] = len(self.journal.open_batches()) if self.journal.path.exists() else 0
-        if self.cache is not None:
-            summary["cache"] = self.cache.figures(self.job)
-        return summary
+        cache = {"cache": self.cache.figures(self.job)} if self.cache is not None else {}
+        opened = len(self.journal.open_batches()) if self.journal.path.exists() else 0
+        return RunView(
+            run=self.cfg.name, state=state, input=self.cfg.input, output=str(self.job.writer.output_path),
+            total=self.total, jobs=job_counts(self.jobs, self._before),
+            in_flight=sum(b["rows"] for b in batches), retry_waiting=sum(len(k) for _, k in self.retry_queue),
+            rows_per_s=self._meter.rpm(time.monotonic()) / 60.0, elapsed_s=self.elapsed(),
+            round_s=time.monotonic() - self._started, already_done=self.already_done,
+            started_at=self.started_at, endpoints=tuple(self.lanes.snapshot()), price_factor=self.cfg.batch_price,
+            status_extra={"via": "batch", "batches": batches, **cache},
+            summary_extra={"via": "batch", "batch_price_factor": self.cfg.batch_price,
+                           "batches_created": self.submit.created, "batches_open": opened, **cache})
 
 
 def _batch_reason(batch) -> str:

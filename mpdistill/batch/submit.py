@@ -224,7 +224,6 @@ class Submitter:
         job = self.r.job
         job.writer.add_error(row.key, row.end_offset, records.error_record(
             row, err, model=job.model, attempts=0, history=[]))
-        job.stats.failed += 1
 
 
 def _tokens(body: dict) -> int:

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 3, 130
+from ..exitcodes import EXIT_FAILED_ROWS, EXIT_INTERRUPTED, EXIT_OK
 COMMANDS = ("submit", "shard")
 _EXEC_FIELDS = ("shards", "executor", "wait", "parallel", "budget_share", "partition", "time", "cpus", "mem",
                 "sbatch", "ray_address", "ray_cpus", "image", "secret", "namespace", "pvc")

@@ -13,30 +13,18 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import MOCK_MODEL, RunConfig, build_config, read_env_file
+from ..config import build_config, read_env_file
 from ..state.files import safe_name
 from ..errors import ConfigError, InputFileError, MpdistillError, OutputError, CheckpointError, RunAbortedError
+from ..exitcodes import (EXIT_ABORTED, EXIT_CRASH, EXIT_FAILED_ROWS, EXIT_INTERRUPTED,  # noqa: F401
+                         EXIT_ON_FINISH_FAILED, EXIT_OK, EXIT_REPAIRED, EXIT_USAGE)
+from .parsing import Parser as _Parser
+from .tools import checkpoints_command, export_command, merge_command, split_command
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_REPAIRED = 0, 1, 2, 3, 4
-EXIT_ABORTED, EXIT_INTERRUPTED = 75, 130
-EXIT_ON_FINISH_FAILED = 5
 COMMANDS = ("run", "run-task", "status", "validate", "stop", "monitor", "mock-server", "checkpoints", "export",
             "split", "merge", "serve")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that exits with our usage code, 2, and one clear line, and never guesses a flag.
-
-    Abbreviations are off: `--mode threading` must be an unknown flag, not `--model threading`.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
@@ -227,11 +215,9 @@ def _dispatch(argv: list[str], prog: str) -> int:
         if command == "checkpoints":
             return checkpoints_command(rest)
         if command == "export":
-            from ..tools.export import export_command
             return export_command(rest)
         if command in ("split", "merge"):
-            from ..tools import splitmerge
-            return splitmerge.split_command(rest) if command == "split" else splitmerge.merge_command(rest)
+            return split_command(rest) if command == "split" else merge_command(rest)
         if command == "run-task":
             return run_task_command(rest, prog)
         if command == "serve":
@@ -272,10 +258,8 @@ def run_command(argv: list[str], prog: str = "mpdistill") -> int:
         from ..state.stopfile import stop_command
         return stop_command(cfg, now=args.now)
     from .. import api
-    name = cfg.name
-    if not cfg.run_name and cfg.model == RunConfig.model and (cfg.mock or not api.resolve_endpoints(cfg)):
-        name = MOCK_MODEL   # the built-in mock answers as mock-model: name the log like its output
-    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=name)
+    from ..plan import log_name
+    return _run(cfg, args.verbose, lambda announce: api.run(cfg, announce=announce), name=log_name(cfg))
 
 
 def _run(cfg, verbose: bool, job, name: str | None = None) -> int:
@@ -309,45 +293,3 @@ def _env_secrets() -> list[str]:
     keys = os.environ.get("OPENAI_API_KEYS", "").split(",")
     return [k.strip() for k in keys if k.strip()] + [os.environ.get(v, "") for v in ("OPENAI_API_KEY",
                                                                                      "OPENAI_BASE_URL")]
-
-
-def checkpoints_command(argv: list[str]) -> int:
-    """`checkpoints [list]`, `checkpoints clear [NAME]` (and python test_checkpoint.py …)."""
-    from ..state.checkpoint import clear_checkpoint, list_checkpoints
-    p = _Parser(prog="test_checkpoint.py", description="List or clear mpdistill checkpoints.")
-    p.add_argument("action", nargs="?", default="list", choices=("list", "clear"))
-    p.add_argument("name", nargs="?", help="with clear: only this run/model")
-    p.add_argument("--checkpoint-dir", default=None)
-    args = p.parse_args(argv)
-    directory = args.checkpoint_dir or _default_checkpoint_dir()
-    if args.action == "clear":
-        removed = clear_checkpoint(args.name, directory)
-        what = f"checkpoint {args.name!r}" if args.name else "all checkpoints"
-        print(f"Removed {len(removed)} file(s) ({what} in {directory})" if removed
-              else f"No checkpoint to remove ({what} in {directory})")
-        return EXIT_OK
-    return _print_checkpoints(list_checkpoints(directory), directory)
-
-
-def _default_checkpoint_dir() -> str:
-    try:
-        return build_config({}, config_py=Path("config.py")).checkpoint_dir
-    except ConfigError:
-        return "checkpoints"
-
-
-def _print_checkpoints(entries: list[dict], directory) -> int:
-    import time
-    from ..report.status import format_duration
-    if not entries:
-        print(f"No checkpoints in {directory}")
-        return EXIT_OK
-    print(f"{'run / model':<32}{'processed':>10}{'ok':>9}{'failed':>8}{'elapsed':>10}  saved at")
-    for e in entries:
-        if e.get("error"):
-            print(f"{e['name']:<32}  unreadable: {e['error']}")
-            continue
-        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["saved_at"])) if e.get("saved_at") else "-"
-        print(f"{e['name']:<32}{e['processed']:>10}{e['ok']:>9}{e['failed']:>8}"
-              f"{format_duration(e['elapsed']):>10}  {saved}")
-    return EXIT_OK

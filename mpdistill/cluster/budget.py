@@ -14,7 +14,7 @@ import math
 import os
 from typing import Callable, Mapping
 
-from .. import api
+from .. import plan
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..provider.endpoint import Endpoint
@@ -60,7 +60,7 @@ def budget_for_shard(job, index: int, cfg: RunConfig, env: Mapping[str, str]):
         if factory is not None:
             return factory, cfg
     share = parse_share(env[SHARE_VAR], SHARE_VAR) if env.get(SHARE_VAR) else default_share(job.shards, None)
-    endpoints = () if cfg.mock else api.resolve_endpoints(cfg, env)
+    endpoints = () if cfg.mock else plan.resolve_endpoints(cfg, env)
     if not endpoints or share == 1.0:
         return None, cfg
     log.info("shard %d: %.3g of every endpoint's limits (one of %d shards)", index, share, job.shards)

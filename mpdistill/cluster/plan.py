@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError, InputFileError
-from ..inputs.jsonl import LineRange, count_lines
+from ..inputs.jsonl import LineRange
+from ..lines import count_lines
 
 
 def line_start_at_or_after(f, target: int) -> int:

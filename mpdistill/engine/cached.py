@@ -47,13 +47,11 @@ class RunCache:
                                       "unreadable image) and --cache-only makes no API call")
             job.writer.add_error(row.key, row.end_offset, records.error_record(
                 row, err, model=job.model, attempts=0, history=[], iteration=iteration))
-            job.stats.failed += 1
             return True, key
         self.cache.note_hit(job, completion)
         record = records.result_record(row, completion, model=job.model, latency=0.0, attempts=0,
                                        endpoint=CACHE_ENDPOINT, iteration=iteration)
         job.writer.add_result(row.key, row.end_offset, records.with_samples(record, completion.samples, self.explode))
-        job.stats.ok += 1
         return True, key
 
     def store(self, job, row, completion) -> None:

@@ -1,9 +1,9 @@
 """The process pool: start workers, hand each a task, collect outcomes, notice deaths.
 
 Each worker has its own duplex pipe, multiplexed by one epoll selector (with each worker's
-process sentinel, to notice deaths); that pipe set is the result queue. Knowing which worker
-holds which task is what lets a killed worker's rows be re-queued at once instead of being lost
-or waiting for a timeout.
+process sentinel, to notice deaths); that pipe set is the result queue. The in-flight table
+(`flights.InFlight`) says which worker holds which task: that is what lets a killed worker's rows
+be re-queued at once instead of being lost or waiting for a timeout.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import time
 import multiprocess as mp
 
 from . import modes
+from .flights import Flight, InFlight
 from .worker import Outcome, Task, WorkerSpec, preload
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ class _Worker:
         with _frozen_heap():
             self.process.start()
         child.close()
-        self.tids: set[int] = set()
-        self.busy_since: float | None = None
         self._poller = select.poll()   # "anything more to read?" without building a selector
         self._poller.register(self.conn, select.POLLIN)
 
@@ -56,25 +55,31 @@ class _Worker:
 class WorkerPool:
     """P worker processes with K requests in flight each."""
 
-    def __init__(self, spec: WorkerSpec, processes: int) -> None:
+    def __init__(self, spec: WorkerSpec, processes: int, flights: InFlight | None = None) -> None:
         shape = modes.shape(spec.mode, processes, spec.concurrency)
         for hint in shape.hints:
             log.warning("hint: %s", hint)
         self.spec = spec
         self.processes = shape.processes
+        self.flights = InFlight() if flights is None else flights
         self._ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         self._workers: list[_Worker] = []
-        self._owner: dict[int, _Worker] = {}
         self._next = 0
         self._clients = None   # SDK clients made once here, inherited by forked workers
         # One selector for the whole run: building one per wait() costs O(processes) per loop.
         self._selector = selectors.DefaultSelector()
 
     def start(self) -> None:
+        """Make the SDK clients workers inherit, and the first worker. The others are forked as
+        the load needs them (see `_pick`): the first request leaves after one fork, not 64."""
         if self._ctx.get_start_method() == "fork" and modes.inherits_clients(self.spec.mode):
             self._clients = preload(self.spec)
-        self._workers = [self._watch(_Worker(self._ctx, i, self.spec, self._clients))
-                         for i in range(self.processes)]
+        self._grow()
+
+    def _grow(self) -> _Worker:
+        worker = self._watch(_Worker(self._ctx, len(self._workers), self.spec, self._clients))
+        self._workers.append(worker)
+        return worker
 
     def _watch(self, worker: _Worker) -> _Worker:
         self._selector.register(worker.conn, selectors.EVENT_READ, worker)
@@ -94,43 +99,47 @@ class WorkerPool:
 
     @property
     def in_flight(self) -> int:
-        return len(self._owner)
+        return len(self.flights)
 
     def free_slots(self) -> int:
-        return self.capacity - len(self._owner)
+        return self.capacity - len(self.flights)
 
-    def submit(self, task: Task) -> int:
-        """Send `task` to the least busy worker (starting the pool on first use); returns its slot."""
+    def submit(self, task: Task, flight: Flight) -> int:
+        """Send `task` to the least busy worker (starting the pool on first use) and enter its
+        `flight` in the table under that worker; returns the slot."""
         if not self._workers:
             self.start()
         worker = self._pick()
-        worker.tids.add(task.tid)
-        if worker.busy_since is None:
-            worker.busy_since = time.time()
-        self._owner[task.tid] = worker
+        flight.slot = worker.slot
+        self.flights.add(flight)
         worker.conn.send_bytes(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
         return worker.slot
 
     def _pick(self) -> _Worker:
         n = len(self._workers)
         best = None
+        load = self.flights.load
         for i in range(n):  # round robin start, so equal loads spread evenly
             worker = self._workers[(self._next + i) % n]
-            if not worker.tids:
+            held = load(worker.slot)
+            if not held:
                 best = worker
                 break
-            if len(worker.tids) < self.spec.concurrency and (best is None or len(worker.tids) < len(best.tids)):
+            if held < self.spec.concurrency and (best is None or held < load(best.slot)):
                 best = worker
+        if (best is None or load(best.slot)) and n < self.processes:
+            return self._grow()   # every worker is busy and the pool may grow: a fresh one is least busy
         if best is None:
             raise RuntimeError("submit() called with no free slot")
         self._next = (best.slot + 1) % n
         return best
 
-    def wait(self, timeout: float) -> tuple[list[Outcome], list[int]]:
-        """Outcomes that arrived within `timeout`, and the task ids lost with dead workers."""
+    def wait(self, timeout: float) -> tuple[list[tuple[Outcome, Flight]], list[Flight]]:
+        """Outcomes that arrived within `timeout` with their flights (now out of the table), and
+        the flights lost with dead workers."""
         ready = self._selector.select(max(0.0, timeout))
-        outcomes: list[Outcome] = []
-        lost: list[int] = []
+        outcomes: list[tuple[Outcome, Flight]] = []
+        lost: list[Flight] = []
         for key, _ in ready:
             if key.fileobj is key.data.conn:
                 outcomes.extend(self._drain(key.data))
@@ -141,41 +150,33 @@ class WorkerPool:
                 lost.extend(self._replace(worker))
         return outcomes, lost
 
-    def _drain(self, worker: _Worker) -> list[Outcome]:
+    def _drain(self, worker: _Worker) -> list[tuple[Outcome, Flight]]:
         out = []
         try:
             while worker.readable():
                 outcome = pickle.loads(worker.conn.recv_bytes())
-                self._finish(worker, outcome.tid)
-                out.append(outcome)
+                flight = self.flights.pop(outcome.tid)
+                if flight is not None:  # else: a task already given up (stop --now)
+                    out.append((outcome, flight))
         except (EOFError, OSError):
             pass  # the worker died mid-send; its tasks are handled as lost
         return out
 
-    def _finish(self, worker: _Worker, tid: int) -> None:
-        worker.tids.discard(tid)
-        self._owner.pop(tid, None)
-        if not worker.tids:
-            worker.busy_since = None
-
-    def _replace(self, worker: _Worker) -> list[int]:
-        lost = sorted(worker.tids)
+    def _replace(self, worker: _Worker) -> list[Flight]:
+        lost = self.flights.drop_slot(worker.slot)
         if lost or worker.process.exitcode != 0:
             log.warning("worker %d (pid %s) died with exit code %s; re-queuing %d request(s)",
                         worker.slot, worker.process.pid, worker.process.exitcode, len(lost))
         else:  # SIGTERM: it answered what it held and left
             log.info("worker %d (pid %s) exited; starting another", worker.slot, worker.process.pid)
-        for tid in lost:
-            self._owner.pop(tid, None)
         self._unwatch(worker)
         worker.conn.close()
         self._workers[worker.slot] = self._watch(_Worker(self._ctx, worker.slot, self.spec, self._clients))
         return lost
 
-    def worker_states(self) -> list[dict]:
-        """Per-worker state for the status file."""
-        return [{"slot": w.slot, "pid": w.process.pid, "busy": len(w.tids),
-                 "tids": sorted(w.tids), "since": w.busy_since} for w in self._workers]
+    def pids(self) -> list[tuple[int, int | None]]:
+        """(slot, pid) of every worker, for the status file."""
+        return [(w.slot, w.process.pid) for w in self._workers]
 
     def close(self, grace: float = 0.0) -> None:
         """Ask workers to stop after their current calls; kill those still alive after `grace` s."""
@@ -199,4 +200,4 @@ class WorkerPool:
             self._unwatch(worker)
             worker.conn.close()
         self._workers = []
-        self._owner.clear()
+        self.flights.clear()

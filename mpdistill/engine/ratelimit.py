@@ -1,6 +1,8 @@
-"""Rate primitives of the key pool: a token bucket (the budget interface) and a per-minute/last-second event meter."""
+"""Rate primitives: a token bucket (the key pool's budget interface) and the one sliding-minute
+event meter (the key pool's request rates, the run's durable rows per second)."""
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 
@@ -69,25 +71,28 @@ class Meter:
     average understates after a slow start (workers still starting, a cooldown).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: float | None = None) -> None:
         self._bins: deque[list] = deque()
-        self._start: float | None = None
+        self._start: float | None = start   # given: rates are measured from then, not the first event
         self._recent: deque[float] = deque()
 
-    def add(self, now: float) -> None:
-        self._recent.append(now)
+    def add(self, now: float, n: int = 1) -> None:
+        """Count `n` events at time `now`."""
+        if n <= 0:
+            return
+        self._recent.extend(itertools.repeat(now, n))
         self._trim(now)
         second = math.floor(now)
         if self._start is None:
             self._start = now
         if self._bins and self._bins[-1][0] == second:
-            self._bins[-1][1] += 1
+            self._bins[-1][1] += n
         else:
-            self._bins.append([second, 1])
+            self._bins.append([second, n])
 
     @property
     def start(self) -> float | None:
-        """Time of the first event ever; None before it."""
+        """Time rates are measured from: the given start, else the first event; None before it."""
         return self._start
 
     def recent_rpm(self, now: float, since: float) -> float:

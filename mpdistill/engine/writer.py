@@ -73,7 +73,8 @@ class _Batch:
 
 class Writer:
     """Appends result lines to the output and failure lines to the errors file, durably,
-    then acknowledges the rows to the checkpoint (the only code that marks rows done)."""
+    then acknowledges the rows to the checkpoint (the only code that marks rows done, and that
+    counts durable rows: the checkpoint's `ok` and `failed` are what status, progress and summary read)."""
 
     def __init__(self, output: Path, errors: Path, checkpoint: CheckpointManager,
                  output_format: str = "mpdistill") -> None:
@@ -87,8 +88,6 @@ class Writer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.error: MpdistillError | None = None
-        self.durable_ok = 0          # rows made durable, for progress (read by the manager)
-        self.durable_failed = 0
 
     # ---- the manager's side ---------------------------------------------------------------
 
@@ -117,11 +116,6 @@ class Writer:
         with self._cv:
             self._batch.marks.append((key, end_offset))
             self._cv.notify()
-
-    @property
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._batch) + self._busy
 
     def commit(self) -> tuple[int, int]:
         """Write and fsync what is pending now, in the caller's thread; returns (ok, failed) rows."""
@@ -203,8 +197,6 @@ class Writer:
                                    ok=ok, failed=failed, rows=ok + failed, marks=len(batch.marks),
                                    output_lines=sum(line.count(b"\n") for line in batch.out_lines),
                                    errors_lines=len(batch.err_lines))
-        self.durable_ok += ok
-        self.durable_failed += failed
         return ok, failed
 
     @property

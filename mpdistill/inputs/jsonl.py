@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from ..errors import InputFileError, RowFormatError
 from ..outputs import identity as rowid
+from ..lines import count_lines
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +158,6 @@ def find_keys(entries, wanted: set[str]) -> dict[str, int]:
     return found
 
 
-def identity_lookup(source, rows=None) -> Callable[[set], dict] | None:
-    """How a resume finds the input line of an id: a JSONL file's fast reader, another source's
-    rows, or a list of Python rows; None for a one-shot iterable (it cannot be read twice)."""
-    if isinstance(source, JsonlSource):
-        return source.find_keys
-    if source is not None:
-        return lambda wanted: find_keys(source.rows(), wanted)
-    if isinstance(rows, (list, tuple)):
-        return lambda wanted: find_keys(python_rows(rows, lambda key: False), wanted)
-    return None
-
-
 def python_rows(rows, is_done: Callable[[int], bool]) -> Iterator[Row | BadRow]:
     """Rows given from Python (key = 1-based position); bad rows become error rows, not exceptions."""
     ids = IdSet()
@@ -270,7 +259,7 @@ def _last_user_text(messages: list) -> str | None:
 
 
 class JsonlSource:
-    """Rows of a JSONL file, read from a byte offset, one line at a time.
+    """Rows of a JSONL file, read from a byte offset, one line at a time (a `source.Source`).
 
     With `byte_range` = LineRange (a shard of a cluster job) only the lines that start inside the
     range are read, and they keep their line numbers in the whole file as keys.
@@ -279,6 +268,7 @@ class JsonlSource:
     def __init__(self, path: Path, *, system: str | None = None, max_line_bytes: int = 20 << 20,
                  byte_range: LineRange | None = None) -> None:
         self.path = Path(path)
+        self.input_file = self.path
         self.system = system
         self.max_line_bytes = max_line_bytes
         self.range = byte_range
@@ -288,16 +278,17 @@ class JsonlSource:
         if not self.path.is_file():
             raise InputFileError(f"input file not found: {self.path}")
 
-    def count(self) -> int:
-        """Number of lines (for the progress total): one fast pass over the bytes."""
+    @property
+    def first_key(self) -> int:
+        return self.start
+
+    def count(self, follow: bool = False) -> int | None:
+        """Number of lines (for the progress total): one fast pass over the bytes; None when following."""
+        if follow:
+            return None
         if self.range is not None:
             return count_lines(self.path, self.range.begin, self.range.end)
-        n, last = 0, b"\n"
-        with open(self.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                n += chunk.count(b"\n")
-                last = chunk[-1:]
-        return n + (last != b"\n")
+        return count_lines(self.path)
 
     def rows(self, start: tuple[int, int] | None = None,
              is_done: Callable[[int], bool] = lambda key: False,
@@ -359,6 +350,12 @@ class JsonlSource:
                         break
         return found
 
+    def status_fields(self) -> dict:
+        return {}
+
+    def checkpoint_fields(self) -> dict:
+        return {}
+
     def _open(self):
         try:
             return open(self.path, "rb")
@@ -409,21 +406,6 @@ class LineRange:
     begin: int
     end: int
     first_line: int
-
-
-def count_lines(path: Path, begin: int = 0, end: int | None = None) -> int:
-    """Lines that start in bytes [begin, end) of `path` (`begin` at a line start; a last line may lack its \n)."""
-    n, last, left = 0, b"\n", None if end is None else end - begin
-    with open(path, "rb") as f:
-        f.seek(begin)
-        while left is None or left > 0:
-            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
-            if not chunk:
-                break
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-            left = None if left is None else left - len(chunk)
-    return n + (last != b"\n")
 
 
 class _LineReader:

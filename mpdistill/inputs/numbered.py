@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import re
 import string
 import time
@@ -87,7 +88,7 @@ def read_template(path: str | os.PathLike) -> str:
 
 
 class NumberedSource:
-    """Rows of the numbered files of one directory, in number order, from `start` to `end`.
+    """Rows of the numbered files of one directory, in number order, from `start` to `end` (a `source.Source`).
 
     Without `follow`, the directory is scanned once and reading stops at the highest existing
     number in [start, end]. With `follow`, a missing number yields IDLE until its file appears;
@@ -113,13 +114,27 @@ class NumberedSource:
         self.settle_s, self.quiet_s, self.lookahead, self.rescan_s = settle_s, quiet_s, lookahead, rescan_s
         self.clock, self.wall = clock, wall
         self.path = self.directory
+        self.input_file = None                # many files: no single fingerprint
         self.base_dir = str(self.directory.resolve())
         self.last_number: int | None = None   # the last number handed out
         self.waiting_for: str | None = None   # follow mode: the file name we are waiting for
+        self.follow_stopped: str | None = None  # following a folder never ends early
         self._highest: tuple[int | None] | None = None   # (highest,) once scanned
         self._unchanged: tuple | None = None  # ((n, size, mtime_ns), first seen): the quiet rule
         self._later: tuple | None = None      # (m, first seen): the settle rule
         self._scanned: tuple | None = None    # (directory mtime_ns, next scan allowed at)
+
+    @property
+    def first_key(self) -> int:
+        return self.start
+
+    def status_fields(self) -> dict:
+        """The range and the last number handed out; what --follow waits for."""
+        return {"start_number": self.start, "current_number": self.last_number,
+                "end_number": self.end, "waiting_for": self.waiting_for}
+
+    def checkpoint_fields(self) -> dict:
+        return {} if self.last_number is None else {"last_number": self.last_number}
 
     # ---- totals -----------------------------------------------------------------------------
 
@@ -155,8 +170,11 @@ class NumberedSource:
 
     def rows(self, start: int | tuple[int, int] | None = None,
              is_done: Callable[[int], bool] = lambda key: False,
-             follow: bool = False) -> Iterator[Row | BadRow | Blank | Idle]:
-        """Yield one item per number from `start` (an int, or the checkpoint's (key, offset))."""
+             follow: bool = False, done_below: int | None = None) -> Iterator[Row | BadRow | Blank | Idle]:
+        """Yield one item per number from `start` (an int, or the checkpoint's (key, offset)).
+
+        `done_below` is accepted for the `Source` protocol; `is_done` already skips those numbers
+        without touching their files."""
         n = self.start if start is None else (start[0] if isinstance(start, tuple) else int(start))
         last = self.end if follow else self._last()
         if not follow and last is None:
@@ -186,6 +204,9 @@ class NumberedSource:
             return Blank(n, _NO_OFFSET)
         except OSError as err:
             return BadRow(n, _stem(name), f"{name}: cannot be read: {err.strerror}", _NO_OFFSET)
+        if not stat.S_ISREG(st.st_mode):   # a FIFO would block the manager, /dev/zero never ends
+            return BadRow(n, _stem(name), f"{name} is not a regular file: only regular files are read",
+                          _NO_OFFSET)
         if follow and not self._quiet(n, st):
             return IDLE
         return self._read(n, path)

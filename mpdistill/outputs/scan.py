@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import identity
+from ..lines import count_newlines
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,8 @@ def count_lines(path: Path, upto: int) -> int:
     """Newlines in the first `upto` bytes of `path` (0 when it does not exist)."""
     if upto <= 0 or not path.exists():
         return 0
-    n, left = 0, upto
     with open(path, "rb") as f:
-        while left > 0:
-            block = f.read(min(_CHUNK, left))
-            if not block:
-                break
-            n += block.count(b"\n")
-            left -= len(block)
-    return n
+        return count_newlines(f, upto)[0]
 
 
 def _scan_range(f, start: int, stop: int, iteration: int | None, rounds: bool,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import OutputFiles
+from ..lines import count_newlines
 from ..state.checkpoint import list_checkpoints, safe_name
 from ..state.lock import holder as lock_holder
 from .batchview import mode_lines
@@ -24,7 +25,6 @@ DEFAULT_INTERVAL_S = 3.0
 SCRIPT = "python run_multiprocess.py"
 BUSIEST_SHOWN = 3
 IDS_SHOWN = 3
-_CHUNK = 1 << 20
 # endpoint table columns after the name: (title, status field, width)
 _COLUMNS = (("req", "requests", 8), ("ok", "ok", 8), ("429", "rate_limited", 6), ("err", "errors", 6),
             ("fly", "in_flight", 5), ("rpm", "current_rpm", 7))
@@ -286,9 +286,9 @@ class LineCounter:
                 if st.st_ino != self._inode or st.st_size < self._offset:
                     self._inode, self._offset, self.lines = st.st_ino, 0, 0
                 fh.seek(self._offset)
-                while chunk := fh.read(_CHUNK):
-                    self.lines += chunk.count(b"\n")
-                    self._offset += len(chunk)
+                newlines, _, read = count_newlines(fh)
+                self.lines += newlines
+                self._offset += read
                 return self.lines, self._offset
         except OSError:
             return None

@@ -38,6 +38,7 @@ class RequestEvent:
     usage: Mapping[str, Any] | None = None
     request: Mapping[str, Any] | None = None   # what was sent: only --trace-content may export it
     answer: str | None = None
+    job: str | None = None   # the job's alias (its output), when a run has several models
 
     @property
     def status_class(self) -> str:

@@ -1,5 +1,6 @@
-"""The live status file of a run (rewritten atomically about once a second), its live state,
-and the small text helpers the status views share (durations, sizes, terminal cell widths).
+"""The live status file of a run (built from the run's facts, rewritten atomically about once a
+second), its live state, and the small text helpers the status views share (durations, sizes,
+terminal cell widths).
 """
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ def status_path(checkpoint_dir: str | Path, run_name: str) -> Path:
     """The status file of a run (named by `config.status_path`, its one owner)."""
     from ..config import status_path as named
     return named(checkpoint_dir, run_name)
+
+
+def status_record(view) -> dict:
+    """The status file's content for a `RunView` (see `engine.view`): counts, rates, ETA, workers."""
+    total, done, rate = view.total, view.done, view.rows_per_s
+    eta = (total - done) / rate if total is not None and rate > 0 and total >= done else None
+    return {"run": view.run, "state": view.state, "pid": view.pid, "started_at": view.started_at,
+            "updated_at": view.updated_at, "input": view.input, "output": view.output,
+            "total": total, "done": done, "ok": view.ok, "failed": view.failed, "in_flight": view.in_flight,
+            "retry_waiting": view.retry_waiting, "rows_per_s": round(rate, 3), "eta_s": eta,
+            "elapsed_s": round(view.elapsed_s, 3),
+            "models": {j.alias: {"done": j.done, "ok": j.ok, "failed": j.failed} for j in view.jobs},
+            "workers": list(view.workers), "endpoints": list(view.endpoints), **view.source}
 
 
 def write_status(path: Path, status: dict) -> None:

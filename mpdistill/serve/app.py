@@ -107,12 +107,26 @@ def _add_routes(app: FastAPI, store: JobStore, history: History) -> None:
 
     @app.get("/metrics", summary="Prometheus metrics of every run the server sees")
     def prometheus():
-        statuses = [v["status"] for v in _views(store) if v.get("status")]
-        return Response(metrics.render(statuses), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(_distinct_runs(_views(store))),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _views(store: JobStore) -> list[dict]:
     return [v for v in (_view(store, rid) for rid in store.ids()) if v]
+
+
+def _distinct_runs(views: list[dict]) -> list[dict]:
+    """The runs' statuses; a run name seen twice (two folders) gets `@<id>`, so no series repeats."""
+    statuses, names = [], set()
+    for view in views:
+        status = view.get("status")
+        if not status:
+            continue
+        if status.get("run") in names:
+            status = {**status, "run": f"{status.get('run')}@{view['id']}"}
+        names.add(status.get("run"))
+        statuses.append(status)
+    return statuses
 
 
 def _view(store: JobStore, run_id: str) -> dict | None:

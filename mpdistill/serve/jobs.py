@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import sibling
 from ..errors import ConfigError, MpdistillError
+from ..logs import RedactFilter
 from ..report.status import LIVE_STATES, live_state, pid_alive, read_status
 from ..state.files import atomic_write
 from ..state.stopfile import write_stop
@@ -128,11 +129,12 @@ class JobStore:
         return public_status(data) if data is not None else None
 
     def console_tail(self, job_id: str) -> str:
+        """The end of the job's console output, with anything shaped like a key masked."""
         path = self.root / job_id / "console.log"
         try:
             with open(path, "rb") as f:
                 f.seek(max(0, path.stat().st_size - CONSOLE_TAIL_BYTES))
-                return f.read().decode("utf-8", "replace")
+                return RedactFilter().redact(f.read().decode("utf-8", "replace"))
         except OSError:
             return ""
 

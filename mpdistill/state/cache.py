@@ -192,7 +192,7 @@ class ResponseCache:
         f.hits += 1
         usage = completion.usage or {}
         f.saved_tokens += int(usage.get("total_tokens") or 0)
-        prices = job.stats.prices
+        prices = job.prices
         if prices and prices != (None, None):
             cost = (int(usage.get("prompt_tokens") or 0) * (prices[0] or 0)
                     + int(usage.get("completion_tokens") or 0) * (prices[1] or 0)) / 1e6

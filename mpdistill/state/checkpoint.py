@@ -255,10 +255,6 @@ class CheckpointManager:
 
     # --- counters and saving ---------------------------------------------------------------
 
-    def add_elapsed(self, seconds: float) -> None:
-        """Add run time to the total accumulated across runs."""
-        self.elapsed += seconds
-
     @_locked
     def record(self, *, output_offset: int, errors_offset: int, ok: int = 0, failed: int = 0,
                rows: int = 0, output_lines: int = 0, errors_lines: int = 0, marks: int = 0) -> bool:

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from ..exitcodes import EXIT_FAILED, EXIT_OK
 from .files import atomic_write
 from ..report.status import LIVE_STATES, find_statuses, live_state, read_status, waiting_status, write_status
 
@@ -102,5 +103,5 @@ def stop_command(cfg, now: bool = False) -> int:
         asked += 1
     if not asked:
         print(f"No running run found in {cfg.checkpoint_dir}")
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK

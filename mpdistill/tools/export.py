@@ -5,13 +5,11 @@
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 from ..outputs import identity
@@ -91,26 +89,3 @@ def _answer_object(row: dict) -> object:
 def _write(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
-
-
-def export_command(argv: list[str]) -> int:
-    """`mpdistill export OUTPUT --per-item DIR`; exit 0, 2 for a usage error or a missing file,
-    1 when the files cannot be written."""
-    parser = argparse.ArgumentParser(
-        prog="mpdistill export", allow_abbrev=False, description="Write one file per answered row of an output JSONL.")
-    parser.add_argument("output", help="the run's output JSONL")
-    parser.add_argument("--per-item", metavar="DIR", required=True,
-                        help=f"write DIR/{JSON_DIR}/<id>_extracted.json and DIR/{THINKING_DIR}/<id>.txt")
-    args = parser.parse_args(argv)
-    if not Path(args.output).is_file():
-        print(f"mpdistill export: error: no such file: {args.output}", file=sys.stderr)
-        return 2
-    try:
-        counts = export_per_item(args.output, args.per_item)
-    except OSError as err:
-        print(f"mpdistill export: error: {err}", file=sys.stderr)
-        return 1
-    skipped = f", {counts['skipped']} lines skipped" if counts["skipped"] else ""
-    print(f"Exported {counts['rows']} rows to {args.per_item}: {counts['json']} in {JSON_DIR}/, "
-          f"{counts['thinking']} in {THINKING_DIR}/{skipped}")
-    return 0

@@ -14,13 +14,11 @@ so merged ids equal those of an unsplit run (`outputs.identity` is the one rule)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import re
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +28,8 @@ from typing import IO, Iterator
 from ..config import OutputFiles
 from ..state.files import atomic_write, atomic_writer
 from ..state.lock import OutputLock
-from ..errors import ConfigError, InputFileError, MpdistillError, OutputError
+from ..errors import ConfigError, InputFileError, OutputError
+from ..lines import count_lines
 from ..outputs import identity
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ MANIFEST = "manifest.json"
 MERGED = "merged"
 DEFAULT_ALIAS = "default"
 _CHUNK_NAME = re.compile(r"^chunk_\d{4,}$")
-EXIT_OK, EXIT_USAGE, EXIT_INCOMPLETE = 0, 2, 3
 
 
 # ---- ids and lines -----------------------------------------------------------------------------
@@ -49,14 +47,6 @@ def row_id(obj: object, line: int) -> str:
     return identity.identity(obj, line)
 
 
-def count_lines(path: Path) -> int:
-    """Lines of a file (a last line without a newline counts), read in 1 MiB blocks."""
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
 
 
 # ---- split -------------------------------------------------------------------------------------
@@ -386,69 +376,3 @@ def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
 
 
-# ---- commands ----------------------------------------------------------------------------------
-
-class _UsageError(Exception):
-    """Raised by the parsers instead of exiting, so the commands return exit codes."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Never guesses a flag from an abbreviation."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message: str):
-        raise _UsageError(f"{self.prog}: error: {message} (see --help)")
-
-
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
-    try:
-        return parser.parse_args(argv)
-    except _UsageError as err:
-        print(err, file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as stop:     # --help
-        return stop.code if isinstance(stop.code, int) else EXIT_OK
-
-
-def split_command(argv: list[str]) -> int:
-    """`mpdistill split INPUT --chunks N --out-dir DIR`."""
-    p = _Parser(prog="mpdistill split", description="Split a JSONL input into N line-range chunks.")
-    p.add_argument("input")
-    p.add_argument("--chunks", type=int, required=True, help="number of chunks")
-    p.add_argument("--out-dir", required=True, help="folder for chunk_0000.jsonl … and manifest.json")
-    args = _parse(p, argv)
-    if isinstance(args, int):
-        return args
-    try:
-        paths = split_file(args.input, args.chunks, args.out_dir)
-    except MpdistillError as err:
-        print(f"mpdistill split: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"Wrote {len(paths)} chunks and {MANIFEST} to {args.out_dir}; run each chunk with "
-          f"-i {args.out_dir}/chunk_NNNN.jsonl -o {args.out_dir}/chunk_NNNN/<model>/results.jsonl")
-    return EXIT_OK
-
-
-def merge_command(argv: list[str]) -> int:
-    """`mpdistill merge DIR [--models a b] [--merge-errors] [--input FILE]`; 3 when rows failed or are missing."""
-    p = _Parser(prog="mpdistill merge", description="Merge the chunks' results per model into DIR/merged/.")
-    p.add_argument("dir")
-    p.add_argument("--models", nargs="+", help="merge only these models (folder names)")
-    p.add_argument("--merge-errors", action="store_true", help="also write merged/<model>/results.errors.jsonl")
-    p.add_argument("--input", help="input to count missing rows against (default: the manifest's)")
-    args = _parse(p, argv)
-    if isinstance(args, int):
-        return args
-    try:
-        stats = merge_dir(args.dir, args.models, args.merge_errors, args.input)
-    except MpdistillError as err:
-        print(f"mpdistill merge: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    for alias, s in stats["models"].items():
-        missing = "" if s["missing"] is None else f", {s['missing']} missing"
-        print(f"{alias}: {s['succeeded']} succeeded, {s['failed']} failed{missing}, "
-              f"{s['duplicates']} duplicates dropped -> {s['output']}")
-    incomplete = any(s["failed"] or s["missing"] for s in stats["models"].values())
-    return EXIT_INCOMPLETE if incomplete else EXIT_OK

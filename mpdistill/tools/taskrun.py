@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .. import api
+from ..plan import JobSpec
 from ..config import build_config, load_config_py
 from .splitmerge import merge_dir, split_file
 from .tasks import Task, endpoint_for, layer_job, load_env_file, load_task
@@ -51,7 +52,7 @@ def _distill(task: Task, cli: Mapping[str, Any], announce) -> dict:
     if above["system"] is None:
         above["system"] = task.settings.get("system")
     jobs = [layer_job(job, above, below) for job in task.models]
-    specs = [api.JobSpec(job.alias, job.model, task.output_for(job.alias), dict(job.params), job.system,
+    specs = [JobSpec(job.alias, job.model, task.output_for(job.alias), dict(job.params), job.system,
                          prices=(job.price_per_million_input, job.price_per_million_output))
              for job in jobs]
     own = tuple(e for e in (endpoint_for(job) for job in jobs) if e is not None)

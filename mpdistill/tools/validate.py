@@ -27,8 +27,7 @@ from ..inputs.jsonl import BadRow, Blank, JsonlSource
 
 log = logging.getLogger(__name__)
 
-# Equal to cli.EXIT_OK / EXIT_USAGE / EXIT_REPAIRED (the library never imports the CLI).
-EXIT_OK, EXIT_USAGE, EXIT_REPAIRED = 0, 2, 4
+from ..exitcodes import EXIT_OK, EXIT_REPAIRED, EXIT_USAGE
 
 REQUIRED_KEYS = ("input_prompt", "images", "answer", "processed_at")
 _NO_ROW = 0      # the code of a blank input line

@@ -10,7 +10,8 @@ import pytest
 
 from mpdistill.mock.server import MockServer
 from mpdistill.serve.auth import ServeSettings
-from tests.integration.servekit import LiveServer, ended, job_config, prepare_env, wait_job
+from tests.conftest import write_jsonl
+from tests.integration.servekit import LiveServer, ended, prepare_env, wait_job
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,31 +55,61 @@ def wait_until(predicate, timeout: float = 40.0) -> bool:
     return predicate()
 
 
+GOOD_KEY, BAD_KEY = "sk-dash-good-0000000001", "sk-dash-revoked-000000002"
+
+
+def dashboard_task(tmp_path, url: str) -> str:
+    """A priced model over three endpoints (one with a revoked key); some rows get a 429 first."""
+    rows = [{"id": f"d{i}", "prompt": f"question {i}" + (" [[fail:429:1:0]]" if i % 5 == 0 else "")}
+            for i in range(40)]
+    src = write_jsonl(tmp_path / "dash.jsonl", rows)
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(
+        "endpoints:\n"
+        f"  - {{name: api_1, base_url: '{url}', api_key: {GOOD_KEY}}}\n"
+        f"  - {{name: api_2, base_url: '{url}', api_key: {GOOD_KEY}, rpm: 600}}\n"
+        f"  - {{name: api_old, base_url: '{url}', api_key: {BAD_KEY}}}\n")
+    return (f"task_type: distill\ninput: {src}\noutput_dir: {tmp_path / 'dash'}\nendpoints: {endpoints}\n"
+            "processes: 2\ncheckpoint_interval: 1\nrun_name: distill-demo\n"
+            "models:\n  - {name: demo-model, model: mock-model, price_per_million_input: 2.5, "
+            "price_per_million_output: 10}\n")
+
+
+def cell_texts(driver, job_id: str) -> list[list[str]]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll(`#run-${arguments[0]} table.endpoints tbody tr`)]"
+        ".map(tr => [...tr.cells].map(td => td.textContent));", job_id)
+
+
 def test_dashboard_shows_a_running_job_live(tmp_path, monkeypatch):
-    """The page of a running job: the progress bar moves without a reload, the endpoint table shows the
-    endpoint; screenshots at 1280x800 and phone width are saved under tmp_path."""
+    """The page of a running job: the progress bar moves without a reload, the endpoint table shows
+    each endpoint (the revoked key disabled, by name); no key on the page; screenshots at 1280x800
+    and phone width are saved under tmp_path."""
     keep_screenshot = os.environ.get("MPDISTILL_SCREENSHOT_DIR")   # how docs/dashboard.png is made
     keep_screenshot = keep_screenshot and os.path.abspath(keep_screenshot)
     prepare_env(monkeypatch, tmp_path)
     driver = browser(tmp_path)
-    settings = ServeSettings(watch=(str(tmp_path / "ck"),), jobs_dir=str(tmp_path / "jobs"))
+    settings = ServeSettings(watch=(str(tmp_path / "checkpoints"),), jobs_dir=str(tmp_path / "jobs"))
     try:
-        with MockServer(latency_ms=300) as mock, LiveServer(settings) as server:
-            status, view = server.call("POST", "/api/jobs", job_config(tmp_path, mock.url, 24, name="browser"))
+        with MockServer(latency_ms=250, api_keys=[GOOD_KEY]) as mock, LiveServer(settings) as server:
+            status, view = server.call("POST", "/api/jobs", dashboard_task(tmp_path, mock.url),
+                                       content_type="application/yaml")
             assert status == 201, view
             job_id = view["id"]
             driver.get(server.url + "/")
             assert wait_until(lambda: progress(driver, job_id) > 0), driver.page_source[:2000]
             first = progress(driver, job_id)
             assert wait_until(lambda: progress(driver, job_id) > first), "the progress bar did not move"
-            cells = driver.execute_script(
-                "return [...document.querySelectorAll(`#run-${arguments[0]} table.endpoints tbody td`)]"
-                ".map(td => td.textContent);", job_id)
-            assert cells[:2] == ["default", "ok"], cells
+            assert wait_until(lambda: any(r[1] == "disabled" for r in cell_texts(driver, job_id)))
+            rows = {r[0]: r for r in cell_texts(driver, job_id)}
+            assert set(rows) == {"api_1", "api_2", "api_old"}, rows
+            assert rows["api_1"][1] == "ok" and rows["api_old"][7].startswith("api_old:")
+            assert "(max 600)" in rows["api_2"][3] or rows["api_2"][3].endswith("/ 600")
             badge = driver.execute_script(
                 "return document.querySelector(`#run-${arguments[0]} .badge`).textContent;", job_id)
             assert badge == "running"
-            time.sleep(1.5)   # let the chart collect a few points
+            assert GOOD_KEY not in driver.page_source and BAD_KEY not in driver.page_source
+            time.sleep(2.5)   # let the chart collect a few points
             driver.save_screenshot(str(tmp_path / "dashboard.png"))
             driver.set_window_size(390, 844)
             time.sleep(1.2)

@@ -48,6 +48,11 @@ def test_submitted_job_runs_to_the_end_and_no_response_holds_a_key(env, mock_ser
         texts = [client.get(p).text for p in ("/api/jobs", f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/summary",
                                               "/api/dashboard", "/metrics")]
         assert all(KEY not in t and "sk-" not in t for t in texts)
+        from prometheus_client.parser import text_string_to_metric_families
+        samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+                   for fam in text_string_to_metric_families(texts[-1]) for x in fam.samples}
+        assert samples[("mpdistill_rows_done_total", (("run", "job"),))] == 6
+        assert samples[("mpdistill_requests_total", (("endpoint", "default"), ("run", "job"), ("status_class", "2xx")))] == 6
         assert view["config"]["api_key"] == "(hidden)"
 
 
@@ -146,3 +151,19 @@ def test_real_server_stops_a_job_mid_run_resumes_it_and_finds_it_after_a_restart
                          ended)
         assert again["state"] == "finished" and again["status"]["done"] == 12
         assert json.dumps(again).count(KEY) == 0
+
+
+def test_task_yaml_job_runs_with_its_models(env, mock_server):
+    """A task YAML posted as application/yaml runs like `run-task`: named after the job, summary served."""
+    src = write_jsonl(env / "t.jsonl", [{"id": f"t{i}", "prompt": "hi"} for i in range(4)])
+    task = (f"task_type: distill\ninput: {src}\noutput_dir: {env / 'taskout'}\nprocesses: 1\n"
+            f"models:\n  - {{name: tm, model: mock-model, base_url: '{mock_server.url}'}}\n")
+    with TestClient(create_app(settings(env))) as client:
+        res = client.post("/api/jobs", content=task, headers={"Content-Type": "application/yaml"})
+        assert res.status_code == 201, res.text
+        job_id = res.json()["id"]
+        view = wait_job(lambda j: client.get(f"/api/jobs/{j}").json(), job_id, ended)
+        assert view["state"] == "finished" and view["kind"] == "task", client.get(f"/api/jobs/{job_id}/console").text
+        assert view["status"]["run"] == job_id and view["status"]["done"] == 4
+        assert client.get(f"/api/jobs/{job_id}/summary").json()["succeeded"] == 4
+    assert len(read_jsonl(env / "taskout" / "tm" / "results.jsonl")) == 4

@@ -108,7 +108,7 @@ def filled(tmp_path, **kwargs) -> CheckpointManager:
     for key, off in ((1, 10), (2, 20), (4, 40), (7, None)):
         m.mark_done(key, end_offset=off)
     m.record(output_offset=123, errors_offset=45, ok=3, failed=1, rows=0)
-    m.add_elapsed(1.5)
+    m.elapsed += 1.5
     m.meta = {"input_fingerprint": {"size": 9}, "config_fingerprint": "abc", "iteration": 2}
     return m
 

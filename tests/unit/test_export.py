@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from mpdistill.tools.export import export_command, export_per_item, safe_file_name
+from mpdistill.cli.tools import export_command
+from mpdistill.tools.export import export_per_item, safe_file_name
 
 
 def write_output(path, rows, tail: str = "") -> None:

@@ -56,3 +56,16 @@ def test_history_rates_over_a_few_seconds():
     assert points[1][1:] == (20, 10.0, 1.0, 0.5)
     history.forget_except([])
     assert history.points("r") == []
+
+
+def test_metrics_of_two_runs_with_one_name_stay_distinct():
+    """Two folders holding runs of the same name give two series, not one repeated series."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from mpdistill.report.metrics import render
+    from mpdistill.serve.app import _distinct_runs
+    views = [{"id": "run-a", "status": {"run": "gpt", "ok": 1}}, {"id": "run-b", "status": {"run": "gpt", "ok": 2}},
+             {"id": "j1", "status": None}]
+    text = render(_distinct_runs(views)).decode()
+    done = {s.labels["run"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == "mpdistill_rows_done_total"}
+    assert done == {"gpt": 1, "gpt@run-b": 2}

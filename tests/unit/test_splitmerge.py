@@ -10,8 +10,8 @@ from mpdistill.errors import ConfigError
 from mpdistill.outputs.batch import to_batch_output
 from mpdistill.inputs.jsonl import BadRow, Blank, JsonlSource, row_from_object
 from mpdistill.outputs.identity import id_fields, line_key
-from mpdistill.tools.splitmerge import (chunk_ranges, merge_command, merge_dir, row_id, split_command,
-                                  split_file)
+from mpdistill.cli.tools import merge_command, split_command
+from mpdistill.tools.splitmerge import chunk_ranges, merge_dir, row_id, split_file
 
 N = 103
 

@@ -122,7 +122,7 @@ function updateCard(card, run) {
   badge.className = "badge " + String(run.state).split(" ")[0];
   const live = LIVE.has(run.state);
   card.querySelector(".stop").hidden = !live;
-  card.querySelector(".resume").hidden = live || run.source !== "api";
+  card.querySelector(".resume").hidden = live || run.source !== "api" || run.state === "finished";
   const done = st.done || 0, total = st.total;
   const pct = total ? Math.min(100, (100 * done) / total) : (run.state === "finished" ? 100 : 0);
   const bar = card.querySelector(".progress");
@@ -152,7 +152,9 @@ function updateEndpoints(tbody, st) {
   const rows = (st.endpoints || []).map((ep) => {
     const c = counts[ep.name] || {};
     const [h, cls] = health(ep);
-    const limit = ep.current_rpm !== null && ep.current_rpm !== undefined ? num(ep.current_rpm) : (ep.rpm ? num(ep.rpm) : "∞");
+    // The limit the key pool applies now (it starts low and adapts to 429s), and the configured one.
+    const current = ep.current_rpm !== null && ep.current_rpm !== undefined ? num(ep.current_rpm) : null;
+    const limit = !ep.rpm ? (current || "∞") : (current && current !== num(ep.rpm) ? `${current} (max ${num(ep.rpm)})` : num(ep.rpm));
     return [[ep.name], [h, cls], [num(ep.in_flight)], [`${num(c.rpm_now)} / ${limit}`], [num(ep.rate_limited)],
             [ago(c.last_429_at)], [num(ep.errors)], [ep.disabled ? `${ep.name}: ${ep.disabled_reason || "disabled"}` : "-"]];
   });
