@@ -338,8 +338,9 @@ class JsonlSource:
         with self._open() as f:
             for key, raw in enumerate(f, start=1):
                 m = _ID_FIRST.match(raw)
-                if m:
-                    ident = rowid.id_key(json.loads(m.group(1)))
+                token = m.group(1) if m else b"\\"
+                if b"\\" not in token and token.isascii():   # a plain ASCII string is its own canonical form
+                    ident = token.decode("ascii")
                 elif raw.strip():
                     ident = rowid.identity(_loads(raw), key)
                 else:

@@ -24,9 +24,12 @@ def explicit_id(obj: Any) -> Any | None:
     return None if rid in _NO_ID else rid
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode  # built once
+
+
 def id_key(value: Any) -> str:
     """The identity of an explicit id: its canonical JSON (`"a1"`, `7`, `[1, 2]` differ)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL(value)
 
 
 def line_key(line: int) -> str:
