@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import re
 import string
 import time
@@ -203,6 +204,9 @@ class NumberedSource:
             return Blank(n, _NO_OFFSET)
         except OSError as err:
             return BadRow(n, _stem(name), f"{name}: cannot be read: {err.strerror}", _NO_OFFSET)
+        if not stat.S_ISREG(st.st_mode):   # a FIFO would block the manager, /dev/zero never ends
+            return BadRow(n, _stem(name), f"{name} is not a regular file: only regular files are read",
+                          _NO_OFFSET)
         if follow and not self._quiet(n, st):
             return IDLE
         return self._read(n, path)

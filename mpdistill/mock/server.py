@@ -14,7 +14,8 @@ import os
 import signal
 import threading
 
-from .chat import WindowLimiter, _Responder, last_user_text, prompt_tokens, valid_image_url
+from .chat import WindowLimiter, _Responder
+from .content import last_user_text, prompt_tokens, valid_image_url
 from .replies import (DEFAULT_MODEL, Markers, MockOptions, Reply, error_reply, json_reply,
                       retry_headers)
 from .wire import LIVE_SERVERS, SocketRegistry, encode, keeps_alive, parse_head, read_body

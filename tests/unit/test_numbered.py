@@ -258,3 +258,14 @@ def test_a_bom_at_the_start_of_a_numbered_file_and_template_is_stripped(tmp_path
     template.write_bytes("\ufeffQ: {content}".encode("utf-8"))
     (row,) = list(NumberedSource(tmp_path, template=read_template(template)).rows())
     assert row.prompt == "Q: text one"
+
+
+def test_a_fifo_or_device_among_the_numbered_files_is_an_error_row_not_a_hang(tmp_path):
+    """A FIFO (or a link to /dev/zero) named like a numbered file is refused; the other files are read."""
+    (tmp_path / "report_1.txt").write_text("one")
+    os.mkfifo(tmp_path / "report_2.txt")
+    os.symlink("/dev/zero", tmp_path / "report_3.txt")
+    items = list(NumberedSource(tmp_path).rows())
+    assert items[0].prompt == "one"
+    assert [type(i).__name__ for i in items[1:]] == ["BadRow", "BadRow"]
+    assert all("not a regular file" in i.reason for i in items[1:])

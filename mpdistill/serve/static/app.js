@@ -122,7 +122,7 @@ function updateCard(card, run) {
   badge.className = "badge " + String(run.state).split(" ")[0];
   const live = LIVE.has(run.state);
   card.querySelector(".stop").hidden = !live;
-  card.querySelector(".resume").hidden = live || run.source !== "api";
+  card.querySelector(".resume").hidden = live || run.source !== "api" || run.state === "finished";
   const done = st.done || 0, total = st.total;
   const pct = total ? Math.min(100, (100 * done) / total) : (run.state === "finished" ? 100 : 0);
   const bar = card.querySelector(".progress");
