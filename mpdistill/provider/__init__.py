@@ -2,5 +2,5 @@
 (`answer`), the HTTP layer under the SDK (`transport`: total deadline, size cap, same-origin
 redirects); endpoints and where they come from.
 
-May import errors.
+May import errors, and `engine.retry.parse_retry_after` (the one Retry-After reader).
 """
