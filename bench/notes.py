@@ -93,6 +93,67 @@ MISSES: dict[str, dict[str, str]] = {
             "buffers for in-flight rows; nothing grows with the input (it is streamed)."),
         "move": "Importing fewer SDK modules (the openai package imports all its types eagerly).",
     },
+    "w6-p64-pss": {
+        "limit": (
+            "Each forked worker's private memory, measured from /proc/PID/smaps_rollup step by step: "
+            "~1.1 MB that any forked Python process dirties just by running (its stack, interpreter "
+            "state, refcounts of what it executes), +0.5 MB for multiprocess's bootstrap, +0.3 MB for "
+            "its threads, and +4.4 MB on its first SDK call (openai → httpx2 → httpcore2/h11: new objects "
+            "landing in free slots of pools inherited from the manager and refcount writes, each copying "
+            "a 4 KiB page); the next 400 calls add only 0.5 MB. 64 × ~7 MB is ~450 MB before the manager. "
+            "Tried and measured: gc.freeze before each fork (in place), MALLOC_ARENA_MAX=1 (no change), "
+            "importing the transport before the fork (no change: making the clients already imports it), "
+            "forking from a small process that imported only the SDK (4.5 MB, no change), one real call "
+            "in the manager before forking (-0.7 MB). The same first call costs 3.3 MB with raw httpx2 "
+            "and 1.5 MB with http.client."),
+        "move": (
+            "Fewer processes for the same in-flight count: `--mode async -p 2 -c 32` holds 64 in flight "
+            "in ~100 MB for the whole tree (workload 7: 2,048 in flight). In process mode, a leaner call "
+            "path than the SDK's in the worker (http.client would save ~3 MB a worker), or Python 3.12, "
+            "whose immortal objects stop refcount writes from copying shared pages."),
+    },
+    "w7-": {
+        "limit": (
+            "2,048 (or 1,024) calls in flight against a 2 s server need ~1,000 (or ~500) answers a second "
+            "parsed, recorded and fsynced on 2 cores shared with other work; async mode spends its CPU in "
+            "the SDK's asyncio path (AsyncOpenAI → httpx2 → anyio), process mode in 64 processes waking "
+            "for every row. On a busy machine the manager and the workers lose their turns on the CPU and "
+            "the in-flight count is not refilled as fast as answers come back."),
+        "move": "An idle machine; or fewer answers per second per core (more cores, or a longer-latency server).",
+    },
+    "w8-": {
+        "limit": (
+            "A strict limiter admits a request only 1/R after the last admitted one, so every late or "
+            "early arrival costs a 429. Two sources of jitter: the client (the manager's wake-up and the "
+            "pipe to a worker that must get the CPU), and the server: an nginx worker that gets the CPU "
+            "late reads several requests in one event-loop turn with the same cached millisecond, and "
+            "rejects all but the first however evenly they were sent. The limiter itself: on a fake "
+            "clock with 1 ms of arrival jitter (tests/unit/test_adaptive.py) the same strict limiter gives "
+            "0.97 of R with 1.1 % 429s at 20 r/s and 0.95 with 0.4 % at 50 r/s."),
+        "move": "A quieter machine (less jitter at both ends); thread or async mode (one process to wake).",
+    },
+    "w9-": {
+        "limit": (
+            "Probing above the last failing rate starts at +0.15 % a second and doubles every 3 s without "
+            "a 429; past 1.1 × that rate it grows fast (+25 %/s). On a fake clock a doubled limit is found "
+            "in ~14 s; 429s from jitter (see the strict limiter) restart the slow probing each time."),
+        "move": "Less jitter (a quiet machine); or a shorter PROBE_DOUBLING_S in engine/adaptive.py (more 429s on a steady limit).",
+    },
+    "w10-": {
+        "limit": (
+            "CPU before the first request: interpreter and CLI imports ~0.1 s, importing openai ~0.4 s on "
+            "an idle core (1.1 s of CPU measured on the busy machine), making the SDK clients and the "
+            "offline warm-up ~0.3 s, one fork (workers are forked as the load needs them, not 64 first). "
+            "Under a load average of 30–70 on 2 cores each CPU-second takes several wall seconds."),
+        "move": "An idle machine; importing fewer openai modules (the SDK imports every type eagerly).",
+    },
+    "w12-": {
+        "limit": (
+            "The whole command includes start-up (see workload 10) and every row is fsynced; the baseline "
+            "fsyncs nothing and spends its CPU in 64 processes. On a busy machine both slow down, and the "
+            "ratio moves with whichever gets the CPU."),
+        "move": "An idle machine for the comparison; async or process mode with fewer processes for CPU.",
+    },
 }
 
 

@@ -116,7 +116,7 @@ def write_results(path: Path, *, mode: str, started: float, server_line: str, ce
 
 
 # Sections other benchmarks write into RESULTS.md (bench/batch.py); a full run keeps them.
-_KEPT = ("## Batch mode (--via batch)",)
+_KEPT = ("## Batch mode (--via batch)", "## Cluster (bench/cluster.py)")
 
 
 def _kept_sections(path: Path) -> list[str]:

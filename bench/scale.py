@@ -1,8 +1,8 @@
 """The workloads of issue 14: thousands in flight, a strict limiter, a limit that rises, start-up,
 the default pool's memory, the overhead against the baseline and CPU per 1,000 rows in each mode.
 
-7 in flight (async and process), 8 strict limiter, 9 rising limit, 10 start-up, 11 memory -p 64,
-12 overhead and CPU per mode. Sizes come from `workloads.Sizes`.
+7 in flight (async and process), 8 strict limiter, 9 rising limit, 10 start-up, 12 overhead and CPU
+per mode (the -p 64 memory target is a figure of workload 6). Sizes come from `workloads.Sizes`.
 """
 from __future__ import annotations
 

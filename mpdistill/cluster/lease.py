@@ -14,7 +14,9 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-GRANT_BATCH = 4          # grants per lease: few enough that a cut rate reaches every shard at once
+GRANT_BATCH = 8          # grants per lease: few enough that a cut rate reaches every shard at once
+LOW_WATER = 2            # the next lease is asked for (without waiting) when this few grants are left
+PENDING_POLL_S = 0.005   # while a lease is on its way, the manager looks again this soon
 GRANT_TTL_S = 1.0        # an unused grant older than this goes back (its request slot is spent anyway)
 REPORT_EVERY_S = 0.2     # ok outcomes are sent at least this often (they drive the rate's growth)
 MAX_POLL_S = 0.25        # longest a shard waits before asking again for grants
@@ -23,6 +25,26 @@ SNAPSHOT_EVERY_S = 1.0
 
 class ServiceLost(Exception):
     """The shared budget cannot be reached (the adapter raises it for any transport failure)."""
+
+
+class Answered:
+    """A lease call that has its answer already (an in-process service)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
+def start_lease(service, *args):
+    """Ask for a lease without waiting: the service's `lease_async` if it has one."""
+    if hasattr(service, "lease_async"):
+        return service.lease_async(*args)
+    return Answered(service.lease(*args))
 
 
 class LeasedPool:
@@ -42,6 +64,7 @@ class LeasedPool:
         self._disabled: set[str] = set()
         self._snapshot: list[dict] = []
         self._snapshot_at = -SNAPSHOT_EVERY_S
+        self._pending = None                         # (model, est, asked at, call) of a lease on its way
         self.local = None                            # the fallback pool, once the service is lost
 
     # -- choosing -------------------------------------------------------------------------------
@@ -50,12 +73,14 @@ class LeasedPool:
         if self.local is not None:
             return self.local.acquire(model, est_tokens)
         now = self._clock()
+        self._collect(now)
         queue = self._fresh(model, now)
-        if not queue and now >= self._ask_at.get(model, -1.0):
+        if len(queue or ()) <= LOW_WATER and self._pending is None and now >= self._ask_at.get(model, -1.0):
             self._lease(model, est_tokens, now)
-            if self.local is not None:
-                return self.local.acquire(model, est_tokens)
-            queue = self._grants.get(model)
+            self._collect(now)
+        if self.local is not None:
+            return self.local.acquire(model, est_tokens)
+        queue = self._grants.get(model)
         if not queue:
             return None
         name = queue.popleft()[0]
@@ -67,8 +92,13 @@ class LeasedPool:
             return self.local.wait_time(model, est_tokens)
         now = self._clock()
         self._flush_if_due(now)
+        self._collect(now)
+        if self.local is not None:
+            return self.local.wait_time(model, est_tokens)
         if self._fresh(model, now):
             return 0.0
+        if self._pending is not None:
+            return PENDING_POLL_S
         if model in self._none_for:
             return None
         return min(MAX_POLL_S, max(0.0, self._ask_at.get(model, now) - now))
@@ -82,13 +112,32 @@ class LeasedPool:
         return queue
 
     def _lease(self, model: str, est: int, now: float) -> None:
+        """Ask for grants (the outcomes to report go with the request); the answer is collected later."""
         reports, self._reports = self._reports, []
         try:
-            reply = self._service.lease(self._shard, model, est, self._batch, reports)
+            self._pending = (model, est, now, start_lease(self._service, self._shard, model, est, self._batch, reports))
         except ServiceLost as err:
             self._lose(err)
             return
         self._reported_at = now
+
+    def _collect(self, now: float) -> None:
+        """Take in the answer of the lease on its way, if it has come."""
+        if self._pending is None or self.local is not None:
+            return
+        model, est, asked, call = self._pending
+        try:
+            if not call.ready():
+                return
+            reply = call.result()
+        except ServiceLost as err:
+            self._pending = None
+            self._lose(err)
+            return
+        self._pending = None
+        self._apply(model, est, reply, now)
+
+    def _apply(self, model: str, est: int, reply: dict, now: float) -> None:
         self._flags = {k: bool(reply.get(k)) for k in self._flags}
         grants = reply.get("grants") or []
         self._grants.setdefault(model, deque()).extend((name, est, now) for name in grants)
@@ -110,7 +159,8 @@ class LeasedPool:
 
     def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
         if self._ended_leased(name):
-            self._give_back(name)   # granted before this 429: the service decides again
+            # Grants already held stay: the service granted them within its budget, and giving them back
+            # would spend their request slots for nothing; the cut shows in the next lease.
             self._queue(("429", name, retry_after, reserved_tokens), urgent=True)
         else:
             self.local.rate_limited(name, retry_after, reserved_tokens)
@@ -129,15 +179,6 @@ class LeasedPool:
             return False
         self._leased[name] -= 1
         return True
-
-    def _give_back(self, name: str) -> None:
-        for queue in self._grants.values():
-            keep = deque(g for g in queue if g[0] != name)
-            for g in queue:
-                if g[0] == name:
-                    self._reports.append(("return", g[0], g[1]))
-            queue.clear()
-            queue.extend(keep)
 
     def _queue(self, report: tuple, urgent: bool) -> None:
         if self.local is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from ..engine.keypool import KeyPool
 from .budget import running_shards, scaled
@@ -47,6 +48,12 @@ class RayService:
     def lease(self, *args) -> dict:
         return self._get(self._handle.lease.remote(*args))
 
+    def lease_async(self, *args) -> "PendingLease":
+        try:
+            return PendingLease(self, self._handle.lease.remote(*args))
+        except Exception as err:   # the actor is gone
+            raise ServiceLost(repr(err)) from err
+
     def report(self, *args) -> None:
         try:
             self._handle.report.remote(*args)    # fire and forget: a lost actor shows at the next lease
@@ -61,6 +68,26 @@ class RayService:
             return self._ray.get(ref, timeout=self._timeout)
         except Exception as err:   # RayActorError, GetTimeoutError, a lost connection, …
             raise ServiceLost(repr(err)) from err
+
+
+class PendingLease:
+    """A lease call on its way; lost when it has not answered within the call timeout."""
+
+    def __init__(self, service: RayService, ref) -> None:
+        self._service, self._ref = service, ref
+        self._asked = time.monotonic()
+
+    def ready(self) -> bool:
+        try:
+            done, _ = self._service._ray.wait([self._ref], timeout=0)
+        except Exception as err:
+            raise ServiceLost(repr(err)) from err
+        if not done and time.monotonic() - self._asked > self._service._timeout:
+            raise ServiceLost(f"no answer within {self._service._timeout:.0f} s")
+        return bool(done)
+
+    def result(self) -> dict:
+        return self._service._get(self._ref)
 
 
 def leased_pool_factory(name: str, address: str | None, job, index: int):

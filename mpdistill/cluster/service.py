@@ -16,6 +16,8 @@ from ..provider.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
+MAX_RETRY_S = 0.25   # the longest a shard that got no grant is told to wait before asking again
+
 
 class BudgetService:
     """Grants and outcome reports of every shard, applied to one KeyPool."""
@@ -41,9 +43,22 @@ class BudgetService:
                 break
             grants.append(name)
         self._grants[shard] += len(grants)
-        wait = 0.0 if grants else self._pool.wait_time(model, est_tokens)
+        wait = 0.0 if grants else self._retry_in(model, est_tokens, count)
         return {"grants": grants, "wait": wait, "down": self._pool.all_down(),
                 "unavailable": self._pool.all_unavailable(), "disabled": self._pool.all_disabled(model)}
+
+    def _retry_in(self, model: str, est_tokens: int, count: int) -> float | None:
+        """When a shard that got nothing should ask again: when a whole lease could be granted.
+
+        Asking at the first free token would have every shard poll at the full request rate.
+        """
+        wait = self._pool.wait_time(model, est_tokens)
+        if wait is None:
+            return None
+        rates = [row["current_rpm"] for row in self._pool.snapshot() if not row["disabled"]]
+        if rates and all(r is not None for r in rates) and sum(rates) > 0:
+            wait = max(wait, min(MAX_RETRY_S, max(1, count) * 60.0 / sum(rates)))
+        return wait
 
     def report(self, shard: int, reports: list) -> None:
         """How leased calls ended: (kind, endpoint, *args) tuples, in the order they ended."""

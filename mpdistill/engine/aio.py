@@ -2,14 +2,18 @@
 `-c` calls in flight, speaking the same pipe protocol as the threaded worker in `worker.py`.
 
 The manager never sends a worker more than `-c` tasks at once, so the loop needs no semaphore:
-every task that arrives is started at once, and its outcome is sent back when it ends.
+every task that arrives is started at once, and its outcome is sent back when it ends. Outcomes
+leave through a sender thread: a loop blocked on a full pipe would stop reading tasks while the
+manager, blocked on sending them, stops reading outcomes (a deadlock once -c tasks fill the pipe).
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import pickle
+import queue
 import signal
+import threading
 import time
 from typing import Any
 
@@ -41,6 +45,8 @@ class _AsyncWorker:
         self.clients: dict[str, Any] = {}
         self.running: set[asyncio.Task] = set()
         self.stopped: asyncio.Future | None = None
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._send_all, daemon=True)
 
     def client_for(self, name: str) -> Any:
         if name not in self.clients:
@@ -69,10 +75,18 @@ class _AsyncWorker:
             outcome = surprise(task.tid, err, time.monotonic())
         else:
             outcome = await aexecute(task, api, self.spec)
-        try:
-            self.conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
-        except (BrokenPipeError, OSError):
-            os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
+        self.outbox.put(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _send_all(self) -> None:
+        """The sender thread: outcomes to the manager in the order they ended, until None."""
+        while True:
+            data = self.outbox.get()
+            if data is None:
+                return
+            try:
+                self.conn.send_bytes(data)
+            except (BrokenPipeError, OSError):
+                os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
 
     def stop(self) -> None:
         """Take no more tasks (None from the manager, or SIGTERM); `serve` ends after the running calls."""
@@ -83,11 +97,14 @@ class _AsyncWorker:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
+        self.sender.start()
         loop.add_reader(self.conn.fileno(), self.on_readable)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         await self.stopped
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
+        self.outbox.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self.sender.join)
         for api in self.clients.values():
             await api.close()
 

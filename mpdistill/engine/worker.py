@@ -160,9 +160,11 @@ def serve_signals() -> None:
     calls may finish, so workers ignore it. SIGTERM (to this worker, or to the whole group, as
     Slurm and systemd send it) ends the worker once the calls it holds are answered; a forked
     worker must not keep the manager's handler, which logs the manager's shutdown message.
+    SIGUSR1 (Slurm's time-limit warning, sent to every process of a step) is the manager's alone.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _finish_and_exit)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     _yield_to_manager()
     _watch_parent(os.getppid())
 

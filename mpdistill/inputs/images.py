@@ -114,6 +114,6 @@ def _reencode(img: Image.Image, fmt: str, max_side: int | None) -> tuple[bytes, 
         img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode).save(out, format="JPEG", quality=95)
     elif out_fmt == "WEBP":
         img.convert("RGBA" if "A" in img.getbands() else "RGB").save(out, format="WEBP", quality=95)
-    else:
-        img.save(out, format="PNG")
+    else:   # level 1: re-encoding costs worker CPU on every row; a few % more bytes cost less
+        img.save(out, format="PNG", compress_level=1)
     return out.getvalue(), out_fmt

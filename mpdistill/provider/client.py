@@ -17,7 +17,7 @@ import openai
 
 from .answer import Completion, finish
 from .endpoint import Endpoint
-from .transport import AsyncGuardedTransport, GuardedTransport, deadline, redacted
+from .transport import AsyncGuardedTransport, GuardedTransport, deadline, guarded_mounts, redacted
 from ..errors import (AuthError, BadResponseError, CallError, CallTimeoutError, ConnectError,
                       MpdistillError, RateLimitError, RejectedError, ServerError)
 from ..engine.retry import parse_retry_after
@@ -43,19 +43,22 @@ def make_client(endpoint: Endpoint, timeout: float, connections: int | None = No
     every in-flight request keeps its connection alive instead of reconnecting. Answers beyond
     `max_response_bytes` fail (None: no cap, e.g. for Batch API file downloads).
     """
-    transport = GuardedTransport(max_response_bytes, limits=_limits(connections))
+    limits = _limits(connections)
+    http = openai.DefaultHttpxClient(transport=GuardedTransport(max_response_bytes, limits=limits),
+                                     mounts=guarded_mounts(max_response_bytes, limits), timeout=timeout)
     return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
-                         timeout=timeout, max_retries=0,
-                         http_client=openai.DefaultHttpxClient(transport=transport, timeout=timeout))
+                         timeout=timeout, max_retries=0, http_client=http)
 
 
 def make_async_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
                       max_response_bytes: int | None = None) -> openai.AsyncOpenAI:
     """The asyncio twin of `make_client` (made inside the event loop that will use it)."""
-    transport = AsyncGuardedTransport(max_response_bytes, limits=_limits(connections))
+    limits = _limits(connections)
+    http = openai.DefaultAsyncHttpxClient(transport=AsyncGuardedTransport(max_response_bytes, limits=limits),
+                                          mounts=guarded_mounts(max_response_bytes, limits, asynchronous=True),
+                                          timeout=timeout)
     return openai.AsyncOpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
-                              timeout=timeout, max_retries=0,
-                              http_client=openai.DefaultAsyncHttpxClient(transport=transport, timeout=timeout))
+                              timeout=timeout, max_retries=0, http_client=http)
 
 
 def _limits(connections: int | None) -> httpx2.Limits:

@@ -150,6 +150,18 @@ class _AsyncCappedStream(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+def guarded_mounts(max_response_bytes: int | None, limits: httpx2.Limits, *, asynchronous: bool = False) -> dict:
+    """The environment's proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) as guarded transports, for
+    `mounts=`: handing httpx a transport of our own turns its lookup of proxies off."""
+    try:
+        from httpx2._utils import get_environment_proxies   # httpx's own reading of those variables
+    except ImportError:   # pragma: no cover (a future httpx2 without it: direct connections only)
+        return {}
+    kind = AsyncGuardedTransport if asynchronous else GuardedTransport
+    return {pattern: None if url is None else kind(max_response_bytes, limits=limits, proxy=url)
+            for pattern, url in get_environment_proxies().items()}
+
+
 class GuardedTransport(httpx2.HTTPTransport):
     """httpx's transport with the call deadline on every socket, the size cap and the redirect rule."""
 

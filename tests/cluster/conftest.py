@@ -30,9 +30,9 @@ def missing_engine(what: str):
 
 @pytest.fixture(scope="module")
 def fast_server():
-    """A mock endpoint with a little latency, so that shards are mid-run long enough to be killed."""
+    """A mock endpoint with some latency: at -p 2 -c 2 a 500-row shard runs ~5 s, long enough to be killed mid-run."""
     from mpdistill.mock.server import MockServer
-    with MockServer(latency_ms=10) as server:
+    with MockServer(latency_ms=40) as server:
         yield server
 
 
@@ -49,7 +49,7 @@ def job_input(tmp_path) -> Path:
 
 def submit_args(job_input: Path, outdir: Path, url: str, shards: int, executor: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mpdistill", "submit", "-i", str(job_input), "-o", str(outdir),
-            "--shards", str(shards), "--executor", executor, "-m", "mock-model", "-p", "2", "-c", "8",
+            "--shards", str(shards), "--executor", executor, "-m", "mock-model", "-p", "2", "-c", "2",
             "--base-url", url, "--checkpoint-interval", "20", "--retry-base-delay", "0.05", *extra]
 
 

@@ -1,4 +1,4 @@
-"""Cluster jobs on the local executor: exactly once through a merge, and after a SIGKILLed shard."""
+"""Cluster jobs on the local executor: exactly once through a SIGKILLed shard, a resubmit and a merge."""
 from __future__ import annotations
 
 import json
@@ -14,20 +14,8 @@ from .conftest import cli, cluster_env, expected_ids, merged_ids, submit_args
 pytestmark = pytest.mark.timeout(400)
 
 
-def test_local_job_merges_every_id_once_in_input_order(tmp_path, job_input, fast_server):
-    """A 2,000-row job in 4 local shards merges into every input id exactly once, in input order."""
-    outdir = tmp_path / "job"
-    done = subprocess.run(submit_args(job_input, outdir, fast_server.url, 4, "local", "--wait", "--parallel", "4"),
-                          capture_output=True, text=True, env=cluster_env(), timeout=240)
-    assert done.returncode == 0, done.stderr
-    assert merged_ids(outdir) == expected_ids()
-    status = json.loads(cli("status", str(outdir), "--json").stdout)
-    assert status["states"]["done"] == 4 and status["done"] == 2000
-    assert "sk-test-cluster" not in (outdir / "job.json").read_text()
-
-
-def test_killed_shard_resumes_exactly_once_on_resubmit(tmp_path, job_input, fast_server):
-    """SIGKILL of one shard mid-run fails the job (75); resubmitting finishes it with every id once."""
+def test_local_job_with_a_killed_shard_resumes_exactly_once(tmp_path, job_input, fast_server):
+    """4 local shards, one SIGKILLed: exit 75, merge refuses; the resubmit gives every id once, in order."""
     outdir = tmp_path / "job"
     args = submit_args(job_input, outdir, fast_server.url, 4, "local", "--wait", "--parallel", "4")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env())
@@ -43,3 +31,6 @@ def test_killed_shard_resumes_exactly_once_on_resubmit(tmp_path, job_input, fast
     again = subprocess.run(args, capture_output=True, text=True, env=cluster_env(), timeout=240)
     assert again.returncode == 0, again.stderr
     assert merged_ids(outdir) == expected_ids()
+    status = json.loads(cli("status", str(outdir), "--json").stdout)
+    assert status["states"]["done"] == 4 and status["done"] == 2000
+    assert "sk-test-cluster" not in (outdir / "job.json").read_text()

@@ -36,8 +36,15 @@ def _assert_exactly_once(wd: Workdir, n: int) -> None:
     assert set(ids) == {f"r{i}" for i in range(n)}
 
 
+def _journal_path(wd: Workdir):
+    """Beside the job's checkpoint, which is named after its output."""
+    from mpdistill.config import OutputFiles
+    from mpdistill.state.batches import journal_path
+    return journal_path(OutputFiles(wd.output, wd.checkpoints).checkpoint)
+
+
 def _journal(wd: Workdir) -> list[dict]:
-    return read_jsonl(wd.checkpoints / "mock-model_batches.jsonl")
+    return read_jsonl(_journal_path(wd))
 
 
 @pytest.fixture
@@ -60,7 +67,7 @@ def test_three_batch_job_writes_every_row_once(tmp_path, server):
     assert {r["batch_id"] for r in wd.results()} and all(r["endpoint"] == "default" for r in wd.results())
     summary = json.loads(wd.summary.read_text())
     assert summary["via"] == "batch" and summary["batches_created"] == 3 and summary["succeeded"] == 25
-    assert not (wd.checkpoints / "mock-model_batches.jsonl").exists()   # a finished job leaves no journal
+    assert not _journal_path(wd).exists()   # a finished job leaves no journal
 
 
 def test_failed_and_expired_batches_are_resubmitted(tmp_path):

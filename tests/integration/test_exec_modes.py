@@ -75,3 +75,39 @@ def test_unknown_mode_is_a_usage_error(workdir):
     write_jsonl(workdir.input, _rows(1))
     proc = workdir.run("--mode", "fibers")
     assert proc.returncode == 2 and "process" in proc.stderr and "async" in proc.stderr
+
+
+
+def test_async_worker_keeps_reading_tasks_while_the_manager_is_not_reading_outcomes():
+    """150 tasks written without reading a single outcome: the async worker keeps taking tasks
+    (its outcomes wait in a sender thread), so neither side blocks forever on a full pipe."""
+    import pickle
+    import threading
+
+    import multiprocess as mp
+
+    from mpdistill.engine.aio import async_worker_main
+    from mpdistill.engine.worker import Task, WorkerSpec
+    from mpdistill.provider.endpoint import Endpoint
+
+    with MockServer() as server:
+        spec = WorkerSpec(endpoints=(Endpoint(name="a", base_url=server.url, api_key="sk-test-0001"),),
+                          timeout=30, concurrency=150, mode="async")
+        ctx = mp.get_context("fork")
+        conn, child = ctx.Pipe(duplex=True)
+        worker = ctx.Process(target=async_worker_main, args=(child, spec), daemon=True)
+        worker.start()
+        child.close()
+        prompt = "x" * 4000   # 150 tasks and 150 outcomes: several times a pipe's 64 KiB each way
+        tasks = [Task(i, "a", {"model": "m", "messages": [{"role": "user", "content": prompt}]}) for i in range(150)]
+        writer = threading.Thread(target=lambda: [conn.send_bytes(pickle.dumps(t)) for t in tasks], daemon=True)
+        writer.start()
+        writer.join(30)
+        try:
+            assert not writer.is_alive(), "the worker stopped reading tasks: both pipes are full"
+            outcomes = [pickle.loads(conn.recv_bytes()) for _ in tasks]
+            assert sorted(o.tid for o in outcomes) == list(range(150))
+            assert all(o.completion is not None for o in outcomes)
+        finally:
+            worker.kill()
+            worker.join(5)

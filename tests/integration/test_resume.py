@@ -50,7 +50,7 @@ def test_kill9_manager_at_random_points_then_resume_exactly_once(tmp_path, slow_
     wd = Workdir(tmp_path, slow_server.url, mode)
     write_jsonl(wd.input, _rows())
     rng = random.Random(7)
-    for _ in range(4):
+    for _ in range(4 if mode == "process" else 2):   # the other modes: fewer rounds, same check
         proc = wd.popen("--checkpoint-interval", "7", processes=8)
         done = wd.output.read_bytes().count(b"\n") if wd.output.exists() else 0
         _wait_rows(wd, done + rng.randint(10, 60), proc)
@@ -125,7 +125,7 @@ def test_changed_input_stops_unless_restart(workdir):
     assert workdir.run("--limit", "5").returncode == 0
     write_jsonl(workdir.input, [{"id": f"new{i}", "prompt": "x"} for i in range(20)])
     proc = workdir.run()
-    assert proc.returncode == 2 and "changed since checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "changed since" in proc.stderr
     proc = workdir.run("--restart")
     assert proc.returncode == 0, proc.stderr
     assert {r["id"] for r in workdir.results()} == {f"new{i}" for i in range(20)}

@@ -23,6 +23,8 @@ class Flaky:
         self.service, self.lost = service, False
 
     def __getattr__(self, name):
+        getattr(self.service, name)   # only what the service has (AttributeError otherwise)
+
         def call(*args):
             if self.lost:
                 raise ServiceLost("actor died")

@@ -166,3 +166,18 @@ def test_a_connection_to_a_silent_port_times_out_within_the_deadline():
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
         with pytest.raises(errors.CallTimeoutError):
             complete(_client(url, timeout=30.0), dict(REQUEST), timeout=0.5)
+
+
+@pytest.mark.timeout(20)
+def test_environment_proxies_are_still_used_and_guarded(serve, monkeypatch):
+    """HTTP_PROXY still routes calls through the proxy, and the total deadline holds there too."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url[:-len("/v1")])
+    assert complete(_client("http://api.example.invalid/v1"), dict(REQUEST)).answer == "ok"
+    assert proxy.requests == ["http://api.example.invalid/v1/chat/completions"]
+    dripping = serve(_drip)
+    monkeypatch.setenv("HTTP_PROXY", dripping.url[:-len("/v1")])
+    with pytest.raises(errors.CallTimeoutError):
+        complete(_client("http://api.example.invalid/v1", timeout=1.0), dict(REQUEST), timeout=1.0)

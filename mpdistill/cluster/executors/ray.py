@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 
 from ... import plan
 from ..budget import ACTOR_VAR, RAY_ADDRESS_VAR, public_endpoint
@@ -17,11 +16,20 @@ from .base import Executor
 log = logging.getLogger(__name__)
 
 
-def _run_shard_process(command: list[str], env: dict, log_path: str) -> int:
-    """The body of a shard's Ray task: run the shard command, return its exit code."""
-    with open(log_path, "ab") as out:
-        return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **env}).returncode
+def _run_shard_here(outdir: str, index: int, env: dict, log_path: str) -> int:
+    """The body of a shard's Ray task, in the task's own worker process (one task per worker)."""
+    import contextlib
+    import logging as _logging
+    from ..shard import run_shard
+    os.environ.update(env)
+    with open(log_path, "a", encoding="utf-8") as out, contextlib.redirect_stderr(out):
+        handler = _logging.StreamHandler(out)
+        _logging.getLogger().addHandler(handler)
+        _logging.getLogger().setLevel(_logging.INFO)
+        result = run_shard(outdir, index, announce=lambda m: print(m, file=out, flush=True))
+    if result.state == "interrupted":
+        return 130
+    return 3 if result.failed else 0
 
 
 class RayExecutor(Executor):
@@ -35,8 +43,8 @@ class RayExecutor(Executor):
                            logging_level=logging.WARNING, configure_logging=False)
         address = getattr(context, "address_info", {}).get("gcs_address") or self.options.ray_address
         env = {**self.secrets(), **self._budget_env(ray, address)}
-        task = ray.remote(num_cpus=self.options.ray_cpus, max_retries=0)(_run_shard_process)
-        refs = {task.remote(self.shard_command(i), env, str(self._log(i))): i for i in indices}
+        task = ray.remote(num_cpus=self.options.ray_cpus, max_retries=0, max_calls=1)(_run_shard_here)
+        refs = {task.remote(str(self.job.dir), i, env, str(self._log(i))): i for i in indices}
         codes = {}
         try:
             while refs:
