@@ -11,7 +11,8 @@ from mpdistill.outputs.batch import to_batch_output
 from mpdistill.inputs.jsonl import BadRow, Blank, JsonlSource, row_from_object
 from mpdistill.outputs.identity import id_fields, line_key
 from mpdistill.cli.tools import merge_command, split_command
-from mpdistill.tools.splitmerge import chunk_ranges, merge_dir, row_id, split_file
+from mpdistill.tools.merge import merge_dir
+from mpdistill.tools.split import chunk_ranges, row_id, split_file
 
 N = 103
 
@@ -119,7 +120,7 @@ def test_split_keeps_ids_stable(split):
 
 
 def test_row_id_matches_source():
-    """splitmerge.row_id gives the same identity as the run's row reader for every row shape."""
+    """split.row_id gives the same identity as the run's row reader for every row shape."""
     shapes = [{"id": "a", "prompt": "p"}, {"id": 5, "prompt": "p"}, {"prompt": "p"}, {"id": "", "prompt": "p"},
               {"id": None, "custom_id": "c", "prompt": "p"},
               {"custom_id": "c2", "body": {"messages": [{"role": "user", "content": "x"}]}},
