@@ -136,6 +136,10 @@ def write_results(results: Path, figures: list[dict], load: tuple[float, float],
              f"Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}. This machine has 2 cores and "
              "was shared with other engineers' test runs while this was measured: the figures are what a busy "
              "machine gave, not a quiet one.", "",
+             "How to read the comparison rows: workload 7 without the actor (--budget-share 1) is what the machine "
+             "gives with no budget traffic at all, so the gap between it and the ideal is the machine's (CPU), not "
+             "the shared budget's; workload 8 with static 1/8 shares is the same job with each shard learning the "
+             "limit alone (no shared service).", "",
              "| workload | figure | value | target | met | detail |", "| --- | --- | ---: | --- | --- | --- |"]
     for f in figures:
         met = "" if f["met"] is None else ("yes" if f["met"] else "NO")

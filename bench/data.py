@@ -9,9 +9,10 @@ import json
 import os
 from pathlib import Path
 
-from mpdistill.state.checkpoint import CheckpointManager, fingerprint_input
-from mpdistill.config import RunConfig
-from mpdistill.state.resume import config_fingerprint
+from mpdistill.plan import default_jobs, job_fields
+from mpdistill.config import OutputFiles, RunConfig
+from mpdistill.state.checkpoint import CheckpointManager
+from mpdistill.state.fingerprint import JobRecord, config_fingerprint, fingerprint_input, write_job
 
 MODEL = "bench-model"
 _CHUNK_ROWS = 20_000
@@ -72,17 +73,42 @@ def write_output(path: Path, rows: int) -> int:
     return path.stat().st_size
 
 
+def write_foreign_output(path: Path, rows: int) -> int:
+    """Rows 1..`rows` answered in the older per-process scripts' format (no `line`, ids only),
+    written newest first; returns the size."""
+    template = json.dumps({"id": "r{k}", "input_prompt": "Say something short about row {k}.", "images": [],
+                           "answer": "A fixed answer of a plausible length for a short completion.",
+                           "processed_at": "2025-01-01T00:00:00"}) + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        for stop in range(rows, 0, -_CHUNK_ROWS):
+            keys = range(stop, max(stop - _CHUNK_ROWS, 0), -1)
+            f.write("".join(template.replace("{k}", str(k)) for k in keys))
+        f.flush()
+        os.fsync(f.fileno())
+    return path.stat().st_size
+
+
+def write_job_record(input_path: Path, output_path: Path, cfg: RunConfig | None = None) -> Path:
+    """The job record (`OUT.job.json`) the run that wrote `output_path` would have left."""
+    cfg = cfg or RunConfig(model=MODEL, output=str(output_path))
+    fields = job_fields(cfg, default_jobs(cfg)[0])
+    files = OutputFiles(Path(output_path))
+    write_job(files.job, JobRecord({**fields, "output_format": cfg.output_format}, fingerprint_input(input_path)))
+    return files.job
+
+
 def write_checkpoint(directory: Path, input_path: Path, output_path: Path, done: int,
                      cfg: RunConfig | None = None) -> Path:
-    """The checkpoint a run that made rows 1..`done` durable would have saved."""
-    cfg = cfg or RunConfig(model=MODEL)
-    ckpt = CheckpointManager(save_interval=10, name=cfg.name, directory=directory)
-    for key in range(1, done):
-        ckpt.mark_done(key)
+    """The checkpoint a run that made rows 1..`done` durable would have saved (named after the output)."""
+    cfg = cfg or RunConfig(model=MODEL, output=str(output_path))
+    files = OutputFiles(Path(output_path), Path(directory))
+    ckpt = CheckpointManager(save_interval=10, name=cfg.name, path=files.checkpoint)
+    ckpt.mark_range(1, done)
     ckpt.mark_done(done, input_offset(done + 1))   # where row done+1 starts: the resume's seek point
     ckpt.output_offset = output_path.stat().st_size
-    ckpt.ok = done
-    ckpt.meta["input_fingerprint"] = fingerprint_input(input_path)
-    ckpt.meta["config_fingerprint"] = config_fingerprint(cfg.fingerprint_fields())
+    ckpt.output_lines = ckpt.ok = done
+    ckpt.errors_lines = 0
+    ckpt.meta["config_fingerprint"] = config_fingerprint(job_fields(cfg, default_jobs(cfg)[0]))
+    ckpt.meta["output"] = str(Path(output_path).resolve())
     ckpt.save()
     return ckpt.path

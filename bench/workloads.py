@@ -274,7 +274,8 @@ def _rate_timeline(b: Bench, log: list[tuple[int, float]]) -> None:
 
 
 def resume(b: Bench) -> None:
-    """A 1M-row input with all but 1,000 rows in the output: time to finish, without and with a checkpoint."""
+    """A 1M-row input with all but 1,000 rows in the output: time to finish, without and with a
+    checkpoint, and with an output another tool wrote (read by id, matched to the input)."""
     s, wl = b.sizes, "4 resume"
     done = s.resume_rows - s.resume_todo
     input_path = b.input(s.resume_rows)
@@ -285,6 +286,7 @@ def resume(b: Bench) -> None:
     b.notes.append(f"resume: wrote {done:,} output lines ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
     for label, with_ckpt in (("output scan only (no checkpoint)", False), ("with checkpoint", True)):
         _reset_run(run_dir, out, size)
+        data.write_job_record(input_path, out)
         if with_ckpt:
             data.write_checkpoint(run_dir / "checkpoints", input_path, out, done)
         # A real resume finds its output long on disk; without this the run's first fsync would
@@ -294,6 +296,15 @@ def resume(b: Bench) -> None:
         b.add(Figure(wl, f"{label}: s to finish the last {s.resume_todo:,}", r.wall_s, "s", "≤ 2 s",
                      r.wall_s <= 2.0, f"-p 8 -c 8, {s.resume_rows:,} rows",
                      key=f"w4-{'ckpt' if with_ckpt else 'scan'}"))
+    foreign = run_dir / "foreign.jsonl"
+    data.write_foreign_output(foreign, done)
+    os.replace(foreign, out)
+    _reset_run(run_dir, out, out.stat().st_size)
+    os.sync()
+    r = run_mpdistill(b, input_path, run_dir, b.server.url(0), 8, 8, expect=s.resume_rows)
+    b.add(Figure(wl, f"another tool's output (by id): s to finish the last {s.resume_todo:,}", r.wall_s, "s",
+                 "", None, f"-p 8 -c 8, {s.resume_rows:,} rows, only the {s.resume_todo:,} sent",
+                 key="w4-foreign"))
 
 
 def _reset_run(run_dir: Path, out: Path, size: int) -> None:

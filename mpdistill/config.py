@@ -5,6 +5,7 @@ Precedence: CLI flags > environment (and `.env`) > YAML > `config.py` > built-in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import logging
 import os
@@ -72,6 +73,7 @@ class RunConfig:
     follow: bool = False             # keep waiting for new rows / files until stopped
     iterations: int = 1          # rounds over the same input; 0 = until stopped
     delay: float = 0.0           # seconds between rounds
+    resume_by_id: bool = False   # resume an edited input: run exactly the rows whose ids are not done
     metrics_port: int | None = None  # serve Prometheus /metrics from the run itself on this port
     metrics_host: str = "127.0.0.1"
     trace: str | None = None         # otlp: one OpenTelemetry span per request
@@ -93,7 +95,7 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        """The run's name: checkpoint, status and stop files are keyed by it."""
+        """The run's name: status, stop and log files are keyed by it (checkpoints by the output)."""
         return self.run_name or self.model
 
     @property
@@ -101,12 +103,21 @@ class RunConfig:
         return Path(self.output.replace("{model}", safe_name(self.model)))
 
     @property
+    def files(self) -> OutputFiles:
+        """The files derived from this run's output."""
+        return OutputFiles(self.output_path, Path(self.checkpoint_dir))
+
+    @property
     def errors_path(self) -> Path:
-        return sibling(self.output_path, ".errors.jsonl")
+        return self.files.errors
 
     @property
     def summary_path(self) -> Path:
-        return sibling(self.output_path, ".summary.json")
+        return self.files.summary
+
+    @property
+    def status_path(self) -> Path:
+        return status_path(self.checkpoint_dir, self.name)
 
     def fingerprint_fields(self) -> dict:
         """The settings that change answers: a resume with other values gets a warning."""
@@ -119,6 +130,54 @@ def sibling(output: Path, suffix: str) -> Path:
     """`out/a.jsonl` + `.errors.jsonl` → `out/a.errors.jsonl`."""
     stem = output.name[:-len(".jsonl")] if output.name.endswith(".jsonl") else output.name
     return output.with_name(stem + suffix)
+
+
+CHECKPOINT_SUFFIX = "_checkpoint.pkl"
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Every file name derived from one output: this is the only place they are computed."""
+
+    output: Path
+    checkpoint_dir: Path = Path("checkpoints")
+
+    @property
+    def errors(self) -> Path:
+        return sibling(self.output, ".errors.jsonl")
+
+    @property
+    def summary(self) -> Path:
+        return sibling(self.output, ".summary.json")
+
+    @property
+    def lock(self) -> Path:
+        """The `flock` file: one run per output."""
+        return sibling(self.output, ".lock")
+
+    @property
+    def job(self) -> Path:
+        """The job fingerprint sidecar: which job (input, model, params, system, format) wrote it."""
+        return sibling(self.output, ".job.json")
+
+    @property
+    def checkpoint_name(self) -> str:
+        """Named after the output (its folder, its stem and a hash of its resolved path), never after
+        the model, so two jobs in one folder never share a checkpoint: `out/a.jsonl` -> `out_a-1f2e3d4c`."""
+        stem = self.output.name[:-len(".jsonl")] if self.output.name.endswith(".jsonl") else self.output.name
+        where = self.output.resolve()
+        digest = hashlib.sha1(str(where).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        folder = f"{where.parent.name}_" if where.parent.name else ""
+        return f"{safe_name(folder + stem)}-{digest}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoint_dir / f"{self.checkpoint_name}{CHECKPOINT_SUFFIX}"
+
+
+def status_path(checkpoint_dir: str | Path, run_name: str) -> Path:
+    """The live status file of run `run_name`."""
+    return Path(checkpoint_dir) / f"{safe_name(run_name)}_status.json"
 
 
 # config.py constant → RunConfig field. Only these names may appear in a config.py.

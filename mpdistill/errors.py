@@ -2,6 +2,9 @@
 
     MpdistillError
     ├── ConfigError                 bad flags, config files, endpoints (run-level, exit 2)
+    │   ├── OutputInUseError        another run holds this output's lock
+    │   └── OutputMismatchError     the output belongs to another job or input, or has a line
+    │                               with no id: nothing is called, nothing is touched
     ├── InputFileError              the input cannot be opened at all (run-level, exit 2)
     ├── RowError                    one row cannot be used; it goes to the errors file
     │   ├── RowFormatError          invalid JSON / UTF-8, no prompt, too long, duplicate id
@@ -34,6 +37,15 @@ class MpdistillError(Exception):
 
 class ConfigError(MpdistillError):
     """A flag, config file, endpoint file or environment value is wrong."""
+
+
+class OutputInUseError(ConfigError):
+    """Another run holds the lock of this output (its pid and host are in the message)."""
+
+
+class OutputMismatchError(ConfigError):
+    """The output does not belong to this job: another model/params/system, a changed input,
+    or a line that names no row. Refused before any call, with the ways out."""
 
 
 class InputFileError(MpdistillError):

@@ -13,19 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .config import MOCK_MODEL, SAMPLE_INPUT, RunConfig, sibling
+from .config import MOCK_MODEL, SAMPLE_INPUT, OutputFiles, RunConfig
 from .engine.job import Job
 from .engine.writer import Writer
 from .errors import ConfigError
 from .inputs.jsonl import JsonlSource, LineRange
-from .inputs.source import PythonSource, Source
+from .inputs.source import PythonSource, Source, identity_lookup
 from .logs import register_secrets
 from .provider.endpoint import Endpoint
 from .provider.registry import endpoints_from_env, load_endpoints, select_pool
-from .report.status import status_path
 from .report.summary import summary_path
-from .state.checkpoint import CheckpointManager
-from .state.files import safe_name
+from .state.checkpoint import CheckpointManager, checkpoint_path
+from .state.lock import OutputLock, refuse_input_as_output
 from .state.resume import ResumeInfo, config_fingerprint, prepare
 from .state.writable import check_file, check_run_paths
 
@@ -42,6 +41,10 @@ class JobSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     system: str | None = None
     prices: tuple[float | None, float | None] | None = None   # per million input / output tokens
+
+    def files(self, checkpoint_dir: str | os.PathLike) -> OutputFiles:
+        """The files derived from this job's output (errors, lock, job record, checkpoint …)."""
+        return OutputFiles(Path(self.output), Path(checkpoint_dir))
 
 
 @dataclass
@@ -74,17 +77,27 @@ def assemble(cfg: RunConfig, rows: Iterable[dict] | None, specs: list[JobSpec] |
     if rows is None and not cfg.input:
         announce(f"No input given: using the bundled sample dataset {SAMPLE_INPUT}")
         cfg = dataclasses.replace(cfg, input=str(SAMPLE_INPUT))
-    source = PythonSource(rows) if rows is not None else open_source(cfg)
-    total = source.count(follow=cfg.follow)
     specs = specs or default_jobs(cfg)
     check_run_paths([s.output for s in specs], [summary_path([s.output for s in specs])] + [
-        sibling(s.output, ".errors.jsonl") for s in specs], cfg.checkpoint_dir)
-    opened = [_open_job(cfg, spec, source.input_file, source.first_key) for spec in specs]
+        s.files(cfg.checkpoint_dir).errors for s in specs], cfg.checkpoint_dir)
+    lock_outputs(cfg, specs, stack)
+    source = PythonSource(rows) if rows is not None else open_source(cfg)
+    total = source.count(follow=cfg.follow)
+    lookup = identity_lookup(source)
+    opened = [_open_job(cfg, spec, source.input_file, source.first_key, lookup) for spec in specs]
     for job, _ in opened:
         stack.callback(job.writer.close)
     _announce_resume(opened, total, specs, announce)
     return Plan(cfg, specs, [job for job, _ in opened], source, total,
-                status_path(cfg.checkpoint_dir, safe_name(cfg.name)), open_cache(cfg, source.base_dir, stack))
+                cfg.status_path, open_cache(cfg, source.base_dir, stack))
+
+
+def lock_outputs(cfg: RunConfig, specs: list[JobSpec], stack: ExitStack) -> None:
+    """Before any output is read or written: refuse an output that is the input, lock every output."""
+    files = [spec.files(cfg.checkpoint_dir) for spec in specs]
+    refuse_input_as_output(cfg.input, [p for f in files for p in (f.output, f.errors)])
+    for f in files:
+        stack.enter_context(OutputLock(f.lock, f.output))
 
 
 def open_cache(cfg: RunConfig, base_dir: str | None, stack: ExitStack):
@@ -114,15 +127,22 @@ def open_source(cfg: RunConfig) -> Source:
     return JsonlSource(path, max_line_bytes=cfg.max_line_bytes, byte_range=byte_range)
 
 
-def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int) -> tuple[Job, ResumeInfo]:
-    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, directory=cfg.checkpoint_dir, start=start)
+def job_fields(cfg: RunConfig, spec: JobSpec) -> dict:
+    """The settings of a job that change its answers (its output's job record holds them)."""
+    return {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
+
+
+def _open_job(cfg: RunConfig, spec: JobSpec, input_path: Path | None, start: int,
+              lookup=None) -> tuple[Job, ResumeInfo]:
+    files = spec.files(cfg.checkpoint_dir)
+    ckpt = CheckpointManager(cfg.checkpoint_interval, name=spec.alias, start=start, path=files.checkpoint)
     check_file(ckpt.path, "checkpoint")
-    output, errors = spec.output, sibling(spec.output, ".errors.jsonl")
-    fields = {**cfg.fingerprint_fields(), "model": spec.model, "params": dict(spec.params), "system": spec.system}
-    info = prepare(ckpt, output, errors, input_path=input_path, restart=cfg.restart,
-                   retry_failed=cfg.retry_failed, fingerprint=config_fingerprint(fields),
-                   rounds=cfg.iterations != 1)
-    writer = Writer(output, errors, ckpt, output_format=cfg.output_format)
+    fields = job_fields(cfg, spec)
+    info = prepare(ckpt, files, input_path=input_path, job={**fields, "output_format": cfg.output_format},
+                   fingerprint=config_fingerprint(fields), restart=cfg.restart, retry_failed=cfg.retry_failed,
+                   rounds=cfg.iterations != 1, legacy=checkpoint_path(spec.alias, cfg.checkpoint_dir),
+                   lookup=lookup, resume_by_id=cfg.resume_by_id)
+    writer = Writer(files.output, files.errors, ckpt, output_format=cfg.output_format)
     return Job(spec.alias, spec.model, writer, ckpt, dict(spec.params), system=spec.system, prices=spec.prices), info
 
 

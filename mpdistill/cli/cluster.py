@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -67,7 +66,7 @@ def submit_parser(prog: str) -> argparse.ArgumentParser:
 def submit_command(argv: list[str], prog: str) -> int:
     from ..cluster.executors import ExecOptions, executor_for
     from ..cluster.job import create_job, is_job_dir, load_job
-    from .main import _NOT_CONFIG, config_from_args
+    from .main import config_from_args
     args = submit_parser(prog).parse_args(argv)
     if not args.output:
         raise ConfigError("submit needs -o OUTDIR (the job folder)")

@@ -111,6 +111,8 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     ck.add_argument("--run-name", help="name of the checkpoint/status files (default: the model)")
     ck.add_argument("--restart", action="store_true", default=None, help="start over; old output kept as a backup")
     ck.add_argument("--retry-failed", action="store_true", default=None, help="try the rows of the errors file again")
+    ck.add_argument("--resume-by-id", action="store_true", default=None,
+                    help="the input was edited: match the output to it by id and run exactly the rows not in it")
     out = p.add_argument_group("display")
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)

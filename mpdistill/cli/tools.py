@@ -12,7 +12,7 @@ from .parsing import Parser, parse
 
 def split_command(argv: list[str]) -> int:
     """`mpdistill split INPUT --chunks N --out-dir DIR`."""
-    from ..tools.splitmerge import MANIFEST, split_file
+    from ..tools.split import MANIFEST, split_file
     p = Parser(prog="mpdistill split", description="Split a JSONL input into N line-range chunks.")
     p.add_argument("input")
     p.add_argument("--chunks", type=int, required=True, help="number of chunks")
@@ -32,7 +32,7 @@ def split_command(argv: list[str]) -> int:
 
 def merge_command(argv: list[str]) -> int:
     """`mpdistill merge DIR [--models a b] [--merge-errors] [--input FILE]`; 3 when rows failed or are missing."""
-    from ..tools.splitmerge import merge_dir
+    from ..tools.merge import merge_dir
     p = Parser(prog="mpdistill merge", description="Merge the chunks' results per model into DIR/merged/.")
     p.add_argument("dir")
     p.add_argument("--models", nargs="+", help="merge only these models (folder names)")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from ..config import RunConfig, build_config, sibling
+from ..config import OutputFiles, RunConfig, build_config
 from ..errors import ConfigError
 from ..inputs.jsonl import LineRange
-from ..state.checkpoint import fingerprint_input, input_unchanged
+from ..state.fingerprint import fingerprint_input, input_unchanged
 from ..state.files import atomic_write
 from .plan import plan_ranges
 
@@ -48,15 +48,16 @@ class ShardPaths:
 
     @property
     def errors(self) -> Path:
-        return sibling(self.output, ".errors.jsonl")
+        return OutputFiles(self.output, self.dir).errors
 
     @property
     def summary(self) -> Path:
-        return sibling(self.output, ".summary.json")
+        return OutputFiles(self.output, self.dir).summary
 
     @property
     def checkpoint(self) -> Path:
-        return self.dir / f"{RUN_NAME}_checkpoint.pkl"
+        """Named after the shard's output, like every run's checkpoint."""
+        return OutputFiles(self.output, self.dir).checkpoint
 
     @property
     def status(self) -> Path:

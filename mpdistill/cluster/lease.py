@@ -159,7 +159,8 @@ class LeasedPool:
 
     def rate_limited(self, name: str, retry_after: float | None, reserved_tokens: int) -> None:
         if self._ended_leased(name):
-            self._give_back(name)   # granted before this 429: the service decides again
+            # Grants already held stay: the service granted them within its budget, and giving them back
+            # would spend their request slots for nothing; the cut shows in the next lease.
             self._queue(("429", name, retry_after, reserved_tokens), urgent=True)
         else:
             self.local.rate_limited(name, retry_after, reserved_tokens)
@@ -178,15 +179,6 @@ class LeasedPool:
             return False
         self._leased[name] -= 1
         return True
-
-    def _give_back(self, name: str) -> None:
-        for queue in self._grants.values():
-            keep = deque(g for g in queue if g[0] != name)
-            for g in queue:
-                if g[0] == name:
-                    self._reports.append(("return", g[0], g[1]))
-            queue.clear()
-            queue.extend(keep)
 
     def _queue(self, report: tuple, urgent: bool) -> None:
         if self.local is not None:

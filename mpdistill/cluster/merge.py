@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import sibling
 from ..errors import ConfigError, OutputError
 from ..inputs.jsonl import IdSet
-from ..outputs.batch import is_batch_output
+from ..outputs import identity
 from ..state.files import atomic_write
 from .job import Job, load_job
 from .status import shard_state
@@ -36,9 +36,8 @@ class MergeCounts:
 
 
 def row_identity(obj: dict) -> str:
-    """The row's id as a run gives it: custom_id of a Batch line, else id, else the line number."""
-    rid = obj.get("custom_id") if is_batch_output(obj) else obj.get("id")
-    return str(obj.get("line")) if rid is None or rid == "" else str(rid)
+    """The row's identity as a run gives it (`outputs.identity`, the one row-id rule)."""
+    return identity.record_identity(obj) or identity.line_key(obj["line"])
 
 
 def merge_job(outdir, output: str | os.PathLike | None = None, *, partial: bool = False) -> dict:
@@ -92,7 +91,7 @@ def _answered(job: Job, counts: MergeCounts, ids: IdSet, duplicates: list):
             last = key
             if not ids.add(rid):
                 counts.duplicates += 1
-                duplicates.append((key, _duplicate_error(key, rid)))
+                duplicates.append((key, _duplicate_error(key, identity.record_id(json.loads(line)))))
                 continue
             counts.ok += 1
             yield line
@@ -116,8 +115,8 @@ def _failed(job: Job, counts: MergeCounts, ids: IdSet, duplicates: list):
         yield from (line for _, line in rows)
 
 
-def _duplicate_error(key: int, rid: str) -> bytes:
-    record = {"line": key, "id": rid, "reason": f"line {key}: duplicate id {rid!r} (an earlier line has it)",
+def _duplicate_error(key: int, rid) -> bytes:
+    record = {"line": key, "id": rid, "reason": f"line {key}: duplicate id {identity.shown(rid)!r} (an earlier line has it)",
               "error": "RowFormatError", "status": None, "attempts": 0}
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 

@@ -23,7 +23,7 @@ from ..config import build_config
 from ..errors import ConfigError, RunAbortedError
 from .budget import parse_share
 from .executors import EXECUTORS, ExecOptions, executor_for
-from .executors.base import EXIT_FAILED_ROWS, EXIT_OK
+from ..exitcodes import EXIT_FAILED_ROWS, EXIT_OK
 from .job import create_job
 
 _SECTIONS = {"slurm": ("partition", "time", "cpus", "mem", "sbatch"), "ray": ("address", "cpus"),

@@ -88,6 +88,13 @@ class RunCache:
     def figures(self, job) -> dict:
         return self.cache.figures(job)
 
+    def run_figures(self, jobs) -> dict:
+        """The cache figures of every job of a run, added up (for status and summary)."""
+        figures = [self.figures(j) for j in jobs]
+        total = {k: sum(f[k] or 0 for f in figures) for k in ("hits", "misses", "stored", "saved_tokens")}
+        costs = [f["saved_cost"] for f in figures if f["saved_cost"] is not None]
+        return {**total, "saved_cost": round(sum(costs), 6) if costs else None, "path": figures[0]["path"]}
+
     def close(self) -> None:
         self.cache.close()
 

@@ -15,8 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timezone
 
-from ..errors import (AuthError, BadResponseError, MpdistillError, RateLimitError, TransientError,
-                      WorkerLostError)
+from ..errors import AuthError, BadResponseError, RateLimitError, TransientError, WorkerLostError
 
 # Beyond 2**62 the cap always wins; stopping there keeps the float maths finite.
 _MAX_EXPONENT = 62

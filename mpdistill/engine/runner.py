@@ -255,10 +255,4 @@ class Runner:
             summary_extra=self._cache_figures())
 
     def _cache_figures(self) -> dict:
-        if self.cache is None:
-            return {}
-        figures = [self.cache.figures(j) for j in self.jobs]
-        total = {k: sum(f[k] or 0 for f in figures) for k in ("hits", "misses", "stored", "saved_tokens")}
-        costs = [f["saved_cost"] for f in figures if f["saved_cost"] is not None]
-        return {"cache": {**total, "saved_cost": round(sum(costs), 6) if costs else None,
-                          "path": figures[0]["path"]}}
+        return {} if self.cache is None else {"cache": self.cache.run_figures(self.jobs)}

@@ -192,9 +192,11 @@ class Writer:
         for key, end_offset in batch.out_keys + batch.err_keys + batch.marks:
             self.checkpoint.mark_done(key, end_offset)
         ok, failed = len(batch.out_keys), len(batch.err_keys)
-        if ok or failed:
+        if ok or failed or batch.marks:
             self.checkpoint.record(output_offset=self._out.offset, errors_offset=self._err.offset,
-                                   ok=ok, failed=failed, rows=ok + failed)
+                                   ok=ok, failed=failed, rows=ok + failed, marks=len(batch.marks),
+                                   output_lines=sum(line.count(b"\n") for line in batch.out_lines),
+                                   errors_lines=len(batch.err_lines))
         return ok, failed
 
     @property

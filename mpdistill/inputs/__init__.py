@@ -1,4 +1,5 @@
-"""What comes in: row sources (JSONL, Batch API lines, numbered files, follow) and images.
+"""What comes in: the `Source` protocol and its sources (JSONL and Batch API lines, numbered
+files, Python rows, follow mode), and images.
 
-May import config and errors.
+May import config, errors and lines.
 """

@@ -9,33 +9,46 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import InputFileError, RowFormatError
+from ..outputs import identity as rowid
 from ..lines import count_lines
 
 log = logging.getLogger(__name__)
 
 ROW_FIELDS = ("id", "prompt", "images", "system", "messages", "custom_id", "method", "url", "body")
+# `{"id": "a1", …`: the common shape, whose identity is read without parsing the whole line.
+_ID_FIRST = re.compile(rb'\{\s*"id"\s*:\s*("(?:[^"\\\n]|\\.)+")\s*[,}]')
 # Request fields a prompt or messages row may carry; they are sent (and, like any field, kept in the output).
 REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One usable input row. `key` is its line number; `request` has messages and row params."""
+    """One usable input row. `key` is its line number; `request` has messages and row params.
+
+    `id` is the row's own id as a JSON value, or (`implied`) its line number as text.
+    """
 
     key: int
-    id: str
+    id: object
     request: dict
     prompt: str | None
     images: tuple[str, ...]
     extra: dict = field(default_factory=dict)
     end_offset: int | None = None
     batch: dict | None = None   # custom_id/method/url of an OpenAI Batch API line
+    implied: bool = False       # no id of its own: known by its line number
+
+    @property
+    def identity(self) -> str:
+        """The row's identity under the one row-id rule (`outputs.identity`)."""
+        return rowid.line_key(self.key) if self.implied else rowid.id_key(self.id)
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class BadRow:
     """A row that cannot be used: it goes to the errors file with this reason."""
 
     key: int
-    id: str | None
+    id: object | None
     reason: str
     end_offset: int | None = None
 
@@ -124,11 +137,25 @@ def parse_object(key: int, obj, system: str | None, ids: IdSet | None,
     try:
         row = row_from_object(key, obj, system, end_offset)
     except RowFormatError as err:
-        rid = _row_id(obj, key) if isinstance(obj, dict) else None
-        return BadRow(key, rid, str(err), end_offset)
-    if ids is not None and not ids.add(row.id):
-        return BadRow(key, row.id, f"line {key}: duplicate id {row.id!r}", end_offset)
+        return BadRow(key, rowid.explicit_id(obj), str(err), end_offset)
+    if ids is not None and not ids.add(row.identity):
+        return BadRow(key, row.id, f"line {key}: duplicate id {rowid.shown(row.id)!r}", end_offset)
     return row
+
+
+def find_keys(entries, wanted: set[str]) -> dict[str, int]:
+    """The key (line) of each wanted identity among a source's entries (the first one holding it)."""
+    found: dict[str, int] = {}
+    for entry in entries:
+        if isinstance(entry, Row):
+            ident = entry.identity
+        elif isinstance(entry, BadRow):
+            ident = rowid.line_key(entry.key) if entry.id is None else rowid.id_key(entry.id)
+        else:
+            continue
+        if ident in wanted:
+            found.setdefault(ident, entry.key)
+    return found
 
 
 def python_rows(rows, is_done: Callable[[int], bool]) -> Iterator[Row | BadRow]:
@@ -139,19 +166,16 @@ def python_rows(rows, is_done: Callable[[int], bool]) -> Iterator[Row | BadRow]:
             yield parse_object(key, obj, None, ids)
 
 
-def _row_id(obj: dict, key: int) -> str:
-    rid = obj.get("id", obj.get("custom_id"))
-    return str(key) if rid is None or rid == "" else str(rid)
-
-
 def row_from_object(key: int, obj, system: str | None, end_offset: int | None = None) -> Row:
     """Build a Row from a decoded JSON object of any accepted shape."""
     if not isinstance(obj, dict):
         raise RowFormatError(f"line {key}: a row must be a JSON object, not {type(obj).__name__}")
-    rid = _row_id(obj, key)
+    rid = rowid.explicit_id(obj)
+    implied = rid is None
+    rid = str(key) if implied else rid
     extra = {k: v for k, v in obj.items() if k not in ROW_FIELDS}
     if "body" in obj and "custom_id" in obj:
-        return _batch_row(key, rid, obj, system, extra, end_offset)
+        return _batch_row(key, rid, obj, system, extra, end_offset, implied)
     images = obj.get("images") or []
     if isinstance(images, str):
         images = [images]
@@ -163,13 +187,15 @@ def row_from_object(key: int, obj, system: str | None, end_offset: int | None = 
         messages = with_system(messages, row_system)
         if images:
             messages = _attach_images(messages, images)
-        return Row(key, rid, _request(obj, messages), _last_user_text(messages), tuple(images), extra, end_offset)
+        return Row(key, rid, _request(obj, messages), _last_user_text(messages), tuple(images), extra, end_offset,
+                   implied=implied)
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowFormatError(f"line {key}: no prompt or messages")
     content = prompt if not images else [{"type": "text", "text": prompt}] + _image_parts(images)
     messages = with_system([{"role": "user", "content": content}], row_system)
-    return Row(key, rid, _request(obj, messages), prompt, tuple(images), extra, end_offset)
+    return Row(key, rid, _request(obj, messages), prompt, tuple(images), extra, end_offset,
+               implied=implied)
 
 
 def _request(obj: dict, messages: list) -> dict:
@@ -177,7 +203,7 @@ def _request(obj: dict, messages: list) -> dict:
     return {"messages": messages, **{k: obj[k] for k in REQUEST_FIELDS if k in obj}}
 
 
-def _batch_row(key, rid, obj, system, extra, end_offset) -> Row:
+def _batch_row(key, rid, obj, system, extra, end_offset, implied) -> Row:
     body = obj["body"]
     if not isinstance(body, dict):
         raise RowFormatError(f"line {key}: batch line body must be an object")
@@ -186,7 +212,7 @@ def _batch_row(key, rid, obj, system, extra, end_offset) -> Row:
     batch = {"custom_id": obj["custom_id"], "method": obj.get("method", "POST"),
              "url": obj.get("url", "/v1/chat/completions")}
     return Row(key, rid, {"messages": messages, **params}, _last_user_text(messages), (),
-               extra, end_offset, batch)
+               extra, end_offset, batch, implied)
 
 
 def _check_messages(key: int, messages) -> list:
@@ -304,6 +330,27 @@ class JsonlSource:
                         yield parse_row(key, raw, self.system, ids, lines.offset)
                 key += 1
 
+    def find_keys(self, wanted: set[str]) -> dict[str, int]:
+        """The line of each wanted identity (`outputs.identity`), read without building rows."""
+        found: dict[str, int] = {}
+        if not wanted:
+            return found
+        with self._open() as f:
+            for key, raw in enumerate(f, start=1):
+                m = _ID_FIRST.match(raw)
+                token = m.group(1) if m else b"\\"
+                if b"\\" not in token and token.isascii():   # a plain ASCII string is its own canonical form
+                    ident = token.decode("ascii")
+                elif raw.strip():
+                    ident = rowid.identity(_loads(raw), key)
+                else:
+                    continue
+                if ident in wanted and ident not in found:
+                    found[ident] = key
+                    if len(found) == len(wanted):
+                        break
+        return found
+
     def status_fields(self) -> dict:
         return {}
 
@@ -324,6 +371,13 @@ class JsonlSource:
             log.warning("input %s was %s while being followed; stopping at byte %d "
                         "(rows read so far are kept)", self.path, change, lines.offset)
         return change is not None
+
+
+def _loads(raw: bytes):
+    try:
+        return json.loads(raw)
+    except ValueError:   # not JSON or not UTF-8: a bad row, known by its line number
+        return None
 
 
 def _file_change(path: Path, fd: int, offset: int, position: int, anchor: bytes) -> str | None:

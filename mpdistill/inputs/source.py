@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
-from .jsonl import BadRow, Blank, Idle, Row, python_rows
+from .jsonl import BadRow, Blank, Idle, JsonlSource, Row, find_keys, python_rows
 
 Item = Row | BadRow | Blank | Idle
 
@@ -64,3 +64,14 @@ class PythonSource:
 
     def checkpoint_fields(self) -> dict:
         return {}
+
+
+def identity_lookup(source: Source) -> Callable[[set], dict] | None:
+    """How a resume finds the input line of an id (`outputs.identity`): a JSONL file's fast reader,
+    another source's rows, or a list of Python rows; None for a one-shot iterable (read only once)."""
+    if isinstance(source, JsonlSource):
+        return source.find_keys
+    if isinstance(source, PythonSource):
+        if not isinstance(source._rows, (list, tuple)):
+            return None
+    return lambda wanted: find_keys(source.rows(), wanted)

@@ -1,4 +1,4 @@
 """What goes out: the output and error line format, reading keys and ids back, Batch output lines.
 
-May import errors (and the records of inputs/provider it serialises).
+May import errors, inputs (the rows it serialises) and provider (the answers it serialises).
 """

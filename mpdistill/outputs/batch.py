@@ -11,6 +11,8 @@ from typing import Any
 
 from ..provider.answer import split_reasoning
 from .records import ANSWER_EXTRAS
+from . import identity
+from .identity import is_batch_output  # noqa: F401  (read by the tools through this module too)
 
 # mpdistill error class → the `code` of a Batch API error object.
 ERROR_CODES = {
@@ -24,17 +26,20 @@ _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_
                 429: "rate_limit_error"}
 
 
-def is_batch_output(obj: Any) -> bool:
-    """True for a Batch API output line (ours, OpenAI's or vLLM's), False for an mpdistill row."""
-    return isinstance(obj, dict) and "custom_id" in obj and "response" in obj and "error" in obj
+def custom_id_of(record: dict) -> Any:
+    """The Batch `custom_id` of a written row: the Batch line's own custom_id, else the row's id
+    (kept as the JSON value it is, so it reads back as the same row), else its line number as text."""
+    if record.get("custom_id") not in (None, ""):
+        return record["custom_id"]
+    rid = identity.record_id(record)
+    if rid is not None:
+        return rid
+    line = identity.record_line(record)
+    return None if line is None else str(line)
 
 
-def custom_id_of(record: dict) -> str | None:
-    """The Batch `custom_id` of a row: its custom_id, else its id, else (an unreadable row) its line."""
-    for value in (record.get("custom_id"), record.get("id"), record.get("line")):
-        if value is not None and value != "":
-            return str(value)
-    return None
+def _implied(record: dict) -> bool:
+    return record.get(identity.IMPLIED) is True or identity.explicit_id(record) is None
 
 
 def _digest(*parts: Any) -> str:
@@ -53,6 +58,8 @@ def _epoch(iso: Any) -> int:
 def _head(record: dict, custom_id: str, digest: str) -> dict:
     head = {"line": record["line"]} if "line" in record else {}
     head.update({"id": f"batch_req_{digest}", "custom_id": custom_id})
+    if _implied(record) and "line" in record:
+        head[identity.IMPLIED] = True
     return head
 
 
@@ -95,10 +102,11 @@ def from_batch_output(line: dict) -> dict:
     status = response.get("status_code") if response else None
     body = response.get("body") if response and isinstance(response.get("body"), dict) else {}
     custom_id = line.get("custom_id")
-    out = {"line": line.get("line"), "id": None if custom_id is None else str(custom_id),
-           "custom_id": custom_id, "answer": None, "reasoning": None, "finish_reason": None,
+    out = {"line": line.get("line"), "id": custom_id, "custom_id": custom_id, "answer": None, "reasoning": None, "finish_reason": None,
            "usage": None, "model": body.get("model"), "status_code": status,
            "request_id": response.get("request_id") if response else None, "error": None}
+    if line.get(identity.IMPLIED) is True:
+        out[identity.IMPLIED] = True
     error = _line_error(line, status, body)
     if error is not None:
         out["error"] = error

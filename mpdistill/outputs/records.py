@@ -1,7 +1,7 @@
 """The lines a run writes: one output record per answered row, one error record per failed row.
 
-`line` always comes first (then `iteration` in repeated runs), so a resume can read the keys
-of a large output without parsing whole lines.
+The head (`line`, then `iteration` in repeated runs) and the id fields come from `identity`, which
+owns the line format and the row-id rule; a resume reads the keys without parsing whole lines.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from ..provider.answer import Completion
 from ..inputs.jsonl import BadRow, Row
+from .identity import head, id_fields
 
 
 # Parts of an answer written only when the answer has them (tool calling, refusals, citations).
@@ -19,14 +20,10 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _head(row_key: int, iteration: int | None) -> dict:
-    return {"line": row_key} if iteration is None else {"line": row_key, "iteration": iteration}
-
-
 def result_record(row: Row, c: Completion, *, model: str, latency: float, attempts: int, endpoint: str,
                   iteration: int | None = None) -> dict:
     """The output line of an answered row; the row's own extra fields are carried through."""
-    record = {**_head(row.key, iteration), "id": row.id, "input_prompt": row.prompt, "images": list(row.images),
+    record = {**head(row.key, iteration), **id_fields(row.id, row.implied), "input_prompt": row.prompt, "images": list(row.images),
               "answer": c.answer, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
               "usage": c.usage, "model": c.model or model, "latency_s": round(latency, 4),
               "attempts": attempts, "endpoint": endpoint, "processed_at": now_iso()}
@@ -54,7 +51,7 @@ def with_samples(record: dict, samples, explode: bool) -> dict | list[dict]:
 def error_record(row: Row, err: Exception, *, model: str, attempts: int, history: list,
                  iteration: int | None = None) -> dict:
     """The errors-file line of a row that failed for good, with the history of its attempts."""
-    record = {**_head(row.key, iteration), "id": row.id, "model": model, "reason": str(err)[:2500],
+    record = {**head(row.key, iteration), **id_fields(row.id, row.implied), "model": model, "reason": str(err)[:2500],
               "error": type(err).__name__, "status": getattr(err, "status", None),
               "attempts": attempts, "history": history, "failed_at": now_iso()}
     if row.batch:
@@ -64,5 +61,5 @@ def error_record(row: Row, err: Exception, *, model: str, attempts: int, history
 
 def bad_row_record(row: BadRow, iteration: int | None = None) -> dict:
     """The errors-file line of an input row that could not be used at all."""
-    return {**_head(row.key, iteration), "id": row.id, "reason": row.reason, "error": "RowFormatError",
+    return {**head(row.key, iteration), "id": row.id, "reason": row.reason, "error": "RowFormatError",
             "status": None, "attempts": 0, "history": [], "failed_at": now_iso()}

@@ -1,5 +1,6 @@
-"""Counts turned into words: the status file, the terminal monitor, the end-of-run summary, and
-the observers of each request (counters, per-endpoint logs, Prometheus metrics, OpenTelemetry spans).
+"""Counts turned into words: the `reporter` hears the engine (requests, durable rows, ticks, round
+ends) and alone writes the status file, draws the progress bar and builds the summary; the
+terminal monitor; the observers of each request (counters, endpoint logs, metrics, traces).
 
-May import state.
+May import config, errors, lines, logs and state; never engine (it gets plain facts: `RunView`).
 """

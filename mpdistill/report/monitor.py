@@ -13,12 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import OutputFiles
 from ..lines import count_newlines
 from ..state.checkpoint import list_checkpoints, safe_name
+from ..state.lock import holder as lock_holder
 from .batchview import mode_lines
 from .status import (LIVE_STATES, cells, clip, clip_middle, find_statuses, format_bytes, format_clock,
-                     format_count, format_duration, live_state, pad, printable, read_status,
-                     status_path)
+                     format_count, format_duration, live_state, pad, printable, read_status)
 
 DEFAULT_INTERVAL_S = 3.0
 SCRIPT = "python run_multiprocess.py"
@@ -36,10 +37,11 @@ _STATE_MIN = 12   # "cooling 999s"
 
 def render_panel(status: dict, *, now: float | None = None, width: int = 80,
                  output_rows: int | None = None, output_bytes: int | None = None,
-                 checkpoint_dir: str | None = None) -> str:
+                 checkpoint_dir: str | None = None, lock_holder: dict | None = None) -> str:
     """The panel of one run; every line fits in `width` terminal columns.
 
-    `checkpoint_dir`, when not the default, is added to the stop command it shows.
+    `checkpoint_dir`, when not the default, is added to the stop command it shows; `lock_holder`
+    (`state.lock.holder` of the output's lock) says who holds the output, or that the holder is gone.
     """
     now = time.time() if now is None else now
     state = live_state(status, now)
@@ -47,7 +49,7 @@ def render_panel(status: dict, *, now: float | None = None, width: int = 80,
              *_workers(status, state, now, width),
              *(_endpoints(status, state, now, width) if status.get("via") != "batch" else []),
              *mode_lines(status, width),
-             *_output(status, output_rows, output_bytes, width),
+             *_output(status, output_rows, output_bytes, width), *_lock_line(lock_holder),
              *_commands(status, state, checkpoint_dir, width)]
     return "\n".join(clip(line, width) for line in lines)
 
@@ -207,6 +209,16 @@ def _output(status: dict, rows: int | None, size: int | None, width: int) -> lis
     return [f"output {clip_middle(printable(path), room)}{suffix}"]
 
 
+def _lock_line(holder: dict | None) -> list[str]:
+    if not holder:
+        return []
+    who = f"pid {printable(holder.get('pid'))} on host {printable(holder.get('host'))}"
+    if holder.get("alive") is False:
+        return [f"lock:   free: its last holder, {who}, is gone (a new run takes it at once)"]
+    where = "" if holder.get("alive") else " (another host: not checked)"
+    return [f"lock:   held by {printable(holder.get('purpose', 'run'))} {who}{where}"]
+
+
 def _commands(status: dict, state: str, checkpoint_dir: str | None, width: int) -> list[str]:
     lines: list[str] = []
     run, output = status.get("run"), status.get("output")
@@ -317,7 +329,7 @@ def status_command(cfg, watch: bool = False, interval: float = DEFAULT_INTERVAL_
 def render(cfg, *, now: float | None = None, width: int = 80,
            counters: dict[str, LineCounter] | None = None) -> str:
     """The panels of the runs `status_command` shows, as one text."""
-    paths = ([status_path(cfg.checkpoint_dir, safe_name(cfg.name))] if cfg.run_name
+    paths = ([cfg.status_path] if cfg.run_name
              else find_statuses(cfg.checkpoint_dir))
     blocks, seen = [], set()
     for status in filter(None, (read_status(p) for p in paths)):
@@ -338,7 +350,7 @@ def checkpoint_statuses(cfg) -> list[dict]:
     for c in list_checkpoints(cfg.checkpoint_dir):
         if c.get("error") or (cfg.run_name and safe_name(c["name"]) != safe_name(cfg.name)):
             continue
-        output = str(cfg.output_path) if safe_name(c["name"]) == safe_name(cfg.name) else None
+        output = c.get("output") or (str(cfg.output_path) if safe_name(c["name"]) == safe_name(cfg.name) else None)
         statuses.append({"run": c["name"], "state": "stopped", "from_checkpoint": True,
                          "done": c["processed"], "ok": c["ok"], "failed": c["failed"],
                          "elapsed_s": c["elapsed"], "updated_at": c["saved_at"], "output": output})
@@ -354,8 +366,9 @@ def _panel(status: dict, cfg, now: float | None, width: int, counters: dict | No
             rows, size = counted if counted else (None, None)
         else:
             size = _size(output)
+    holder = lock_holder(OutputFiles(Path(output)).lock) if output else None
     return render_panel(status, now=now, width=width, output_rows=rows, output_bytes=size,
-                        checkpoint_dir=str(cfg.checkpoint_dir))
+                        checkpoint_dir=str(cfg.checkpoint_dir), lock_holder=holder)
 
 
 def _size(path: str) -> int | None:

@@ -11,6 +11,7 @@ import unicodedata
 from pathlib import Path
 
 from ..state.files import atomic_write
+from ..state.lock import pid_alive
 
 STALE_AFTER_S = 15.0
 # "waiting": between two --iterations rounds, until `next_round_at`.
@@ -18,8 +19,10 @@ LIVE_STATES = ("running", "stopping", "waiting for input", "waiting")
 ELLIPSIS = "..."   # ASCII: "…" is double width in CJK terminals, which would break the layout
 
 
-def status_path(checkpoint_dir: str | Path, safe_run_name: str) -> Path:
-    return Path(checkpoint_dir) / f"{safe_run_name}_status.json"
+def status_path(checkpoint_dir: str | Path, run_name: str) -> Path:
+    """The status file of a run (named by `config.status_path`, its one owner)."""
+    from ..config import status_path as named
+    return named(checkpoint_dir, run_name)
 
 
 def status_record(view) -> dict:
@@ -47,18 +50,6 @@ def read_status(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def waiting_status(last: dict, next_round_at: float, now: float | None = None) -> dict:

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import sibling
+from ..config import OutputFiles
 from ..state.files import atomic_write
 from .stats import ModelStats
 
@@ -45,7 +45,7 @@ def build_summary(view, per_model: dict[str, ModelStats], state: str) -> dict:
 def summary_path(outputs: list[Path]) -> Path:
     """Beside the output; for several models, in the folder their outputs share."""
     if len(outputs) == 1:
-        return sibling(outputs[0], ".summary.json")
+        return OutputFiles(Path(outputs[0])).summary
     common = Path(os.path.commonpath([str(Path(o).resolve().parent) for o in outputs]))
     return common / "summary.json"
 

@@ -1,4 +1,6 @@
-"""Persistent state of a run: checkpoint, resume against the output, stop file, crash-safe file helpers.
+"""Persistent state of a run: checkpoint (and the durable row counts it holds), resume against
+the output, stop file, response cache, crash-safe file helpers.
 
-May import errors and outputs.
+May import errors, exitcodes, outputs, provider's answer type, and report's status-file reader
+(the stop file is found beside the status file).
 """

@@ -5,26 +5,26 @@ O(rows in flight), not O(rows done). Files are written atomically and read with 
 """
 from __future__ import annotations
 
+import functools
 import glob
-import hashlib
 import io
 import logging
 import os
 import pickle
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from mpdistill.config import CHECKPOINT_SUFFIX
 from mpdistill.errors import CheckpointError
-from mpdistill.state.files import atomic_write, safe_name
+from mpdistill.state.files import atomic_write, move_aside, safe_name
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SUFFIX = "_checkpoint.pkl"
-HEAD_BYTES = 1 << 20          # fingerprint: hash of the first 1 MiB
-TAIL_BYTES = 64 << 10         # fingerprint: hash of the last 64 KiB before the recorded size
+SUFFIX = CHECKPOINT_SUFFIX
 
 _PLAIN_LEAVES = (type(None), bool, int, float, str, bytes)
 _PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -33,6 +33,9 @@ _CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, I
             AttributeError, OverflowError, ImportError, MemoryError, RecursionError)
 _INT_FIELDS = ("start", "watermark", "output_offset", "errors_offset", "ok", "failed")
 _FIELDS = ("version", "name", *_INT_FIELDS, "sparse", "input_position", "elapsed", "saved_at", "meta")
+# Added later, so optional on load (older checkpoints lack them): lines the files held at the
+# offsets, and keys done without a line (blank input lines). None: not known.
+_COUNT_FIELDS = ("output_lines", "errors_lines", "marks")
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -109,6 +112,10 @@ def _validate(raw: Any, path: Path) -> dict:
     for name in _INT_FIELDS:
         if not _is_int(raw[name]):
             raise CheckpointError(f"checkpoint {path}: {name} is not an int")
+    for name in _COUNT_FIELDS:
+        state[name] = raw.get(name)
+        if state[name] is not None and not _is_int(state[name]):
+            raise CheckpointError(f"checkpoint {path}: {name} is not an int")
     if raw["watermark"] < raw["start"] or any(key < raw["start"] for key in state["sparse"]):
         raise CheckpointError(f"checkpoint {path}: done keys below start {raw['start']}")
     if not isinstance(raw["elapsed"], (int, float)) or not isinstance(raw["meta"], dict):
@@ -138,19 +145,36 @@ def _check_position(value: Any, path: Path) -> tuple[int, int] | None:
     raise CheckpointError(f"checkpoint {path}: input_position is not (next_key, byte_offset)")
 
 
+def _locked(method):
+    """Run `method` holding the manager's lock: the writer thread marks rows while the manager
+    thread reads them, and no reader may see a done row as not done mid-update."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class CheckpointManager:
-    """The done keys of one run (watermark + sparse set), its offsets and counters, and their file."""
+    """The done keys of one run (watermark + sparse set), its offsets and counters, and their file.
+
+    Every access goes through one lock (the writer thread marks, the manager thread reads).
+    `path` names the file (runs name it after their output); else it is `directory/<name>_checkpoint.pkl`.
+    """
 
     def __init__(self, save_interval: int = 10, name: str = "default",
-                 directory: str | os.PathLike = "checkpoints", start: int = 1) -> None:
+                 directory: str | os.PathLike = "checkpoints", start: int = 1,
+                 path: str | os.PathLike | None = None) -> None:
         if save_interval < 1:
             raise ValueError("save_interval must be >= 1")
+        self._lock = threading.RLock()
         self.name = name
-        self.path = checkpoint_path(name, directory)
+        self.path = Path(path) if path is not None else checkpoint_path(name, directory)
         self.save_interval = save_interval
         self.start = start
         self.reset()
 
+    @_locked
     def reset(self) -> None:
         """Forget all state (start over); the file is left alone."""
         self.watermark: int = self.start
@@ -164,14 +188,19 @@ class CheckpointManager:
         self.elapsed = 0.0
         self.meta: dict = {}
         self.saved_at: float | None = None
+        self.output_lines: int | None = 0
+        self.errors_lines: int | None = 0
+        self.marks = 0
         self._unsaved_rows = 0
 
     # --- done keys -------------------------------------------------------------------------
 
+    @_locked
     def is_done(self, key: int) -> bool:
         """True when row `key` is recorded as done."""
         return self.start <= key < self.watermark or key in self.sparse
 
+    @_locked
     def mark_done(self, key: int, end_offset: int | None = None) -> None:
         """Record row `key` as done; `end_offset` is the input byte offset just after it, if known."""
         if key < self.start:
@@ -186,6 +215,7 @@ class CheckpointManager:
         self._pass(key, end_offset)
         self._advance()
 
+    @_locked
     def mark_range(self, start: int, stop: int) -> None:
         """Record keys [start, stop) as done at once (a resume scan found them); offsets unknown."""
         if start > self.watermark or stop <= self.watermark:
@@ -198,10 +228,12 @@ class CheckpointManager:
         self._advance()
 
     def _advance(self) -> None:
-        """Move the watermark over the sparse keys that now continue it."""
+        """Move the watermark over the sparse keys that now continue it (watermark first, then the
+        set: under the lock no reader sees it anyway, and without one a key is never in neither)."""
         while self.watermark in self.sparse:
-            self.sparse.remove(self.watermark)
-            self._pass(self.watermark, self._offsets.pop(self.watermark, None))
+            key = self.watermark
+            self._pass(key, self._offsets.pop(key, None))
+            self.sparse.discard(key)
 
     def _pass(self, key: int, end_offset: int | None) -> None:
         """Move the watermark over `key`; a known end offset becomes the new safe seek point."""
@@ -212,28 +244,37 @@ class CheckpointManager:
     @property
     def processed_indices(self) -> set[int]:
         """The full set of done keys (materialised: O(rows done))."""
-        return set(range(self.start, self.watermark)) | self.sparse
+        with self._lock:
+            return set(range(self.start, self.watermark)) | self.sparse
 
     @property
     def processed_count(self) -> int:
         """How many keys are done, without materialising them."""
-        return self.watermark - self.start + len(self.sparse)
+        with self._lock:
+            return self.watermark - self.start + len(self.sparse)
 
     # --- counters and saving ---------------------------------------------------------------
 
+    @_locked
     def record(self, *, output_offset: int, errors_offset: int, ok: int = 0, failed: int = 0,
-               rows: int = 0) -> bool:
+               rows: int = 0, output_lines: int = 0, errors_lines: int = 0, marks: int = 0) -> bool:
         """Note what an fsync covered; save once `save_interval` rows were recorded. True if saved."""
         self.output_offset = output_offset
         self.errors_offset = errors_offset
         self.ok += ok
         self.failed += failed
+        self.marks += marks
+        if self.output_lines is not None:
+            self.output_lines += output_lines
+        if self.errors_lines is not None:
+            self.errors_lines += errors_lines
         self._unsaved_rows += rows
         if self._unsaved_rows < self.save_interval:
             return False
         self.save()
         return True
 
+    @_locked
     def to_dict(self) -> dict:
         """The plain data that is pickled (`offsets`: end offsets of sparse keys, when known)."""
         return {
@@ -243,8 +284,10 @@ class CheckpointManager:
             "output_offset": self.output_offset, "errors_offset": self.errors_offset,
             "ok": self.ok, "failed": self.failed, "elapsed": float(self.elapsed),
             "saved_at": self.saved_at, "meta": dict(self.meta),
+            "output_lines": self.output_lines, "errors_lines": self.errors_lines, "marks": self.marks,
         }
 
+    @_locked
     def save(self) -> None:
         """Write the state atomically (temp file, fsync, rename, fsync dir), mode 0o600."""
         _check_plain(self.meta)
@@ -262,6 +305,7 @@ class CheckpointManager:
         log.debug("checkpoint %s saved: %d rows done (watermark %d, %d sparse)",
                   self.path, self.processed_count, self.watermark, len(self.sparse))
 
+    @_locked
     def load(self) -> bool:
         """Load the file into this manager; False if there is none. Raises CheckpointError if unusable."""
         try:
@@ -284,8 +328,10 @@ class CheckpointManager:
         self._offsets = {k: v for k, v in state["offsets"].items() if k in self.sparse}
         self.input_position = state["input_position"]
         self._advance()
-        for name in ("output_offset", "errors_offset", "ok", "failed", "saved_at", "meta"):
+        for name in ("output_offset", "errors_offset", "ok", "failed", "saved_at", "meta",
+                     "output_lines", "errors_lines"):
             setattr(self, name, state[name])
+        self.marks = state["marks"] or 0
         self.elapsed = float(state["elapsed"])
         self._unsaved_rows = 0
 
@@ -303,16 +349,32 @@ def checkpoint_path(name: str, directory: str | os.PathLike = "checkpoints") -> 
 
 
 def _resolve(name: str | os.PathLike, directory: str | os.PathLike) -> Path:
-    """A run name, model name or path to a .pkl file -> the checkpoint path."""
+    """A run/model name, an output file or a path to a .pkl file -> the checkpoint path.
+
+    Runs name checkpoints after their output, so a name is looked up among the checkpoints'
+    recorded run names and outputs (an older version's `<name>_checkpoint.pkl` first).
+    """
     if str(name).endswith(".pkl"):
         as_path, in_dir = Path(name), Path(directory) / name
         return in_dir if not as_path.exists() and in_dir.exists() else as_path
-    return checkpoint_path(str(name), directory)
+    named = checkpoint_path(str(name), directory)
+    if named.exists():
+        return named
+    output = str(Path(name).resolve()) if str(name).endswith(".jsonl") else None
+    for path in _checkpoint_files(directory):
+        try:
+            state = _read_state(path)
+        except (CheckpointError, OSError):
+            continue
+        if state["name"] == str(name) or (output and state["meta"].get("output") == output):
+            return path
+    return named
 
 
 def _summary(state: dict, path: Path) -> dict:
     processed = state["watermark"] - state["start"] + len(state["sparse"])
-    return {"name": state["name"], "path": path, "processed": processed, "ok": state["ok"],
+    return {"name": state["name"], "path": path, "output": state["meta"].get("output"),
+            "processed": processed, "ok": state["ok"],
             "failed": state["failed"], "elapsed": float(state["elapsed"]),
             "saved_at": state["saved_at"], "error": None}
 
@@ -346,14 +408,34 @@ def _remove_checkpoint(path: Path) -> list[Path]:
 
 def clear_checkpoint(name: str | os.PathLike | None = None,
                      directory: str | os.PathLike = "checkpoints") -> list[Path]:
-    """Remove the checkpoint of `name`, or every checkpoint in `directory` when `name` is None."""
-    if name is not None:
-        removed = _remove_checkpoint(_resolve(name, directory))
-    else:
-        removed = [p for path in _checkpoint_files(directory) for p in _remove_checkpoint(path)]
+    """Remove the checkpoint of `name`, or every checkpoint in `directory` when `name` is None.
+
+    Each is removed holding its output's lock, so a running run's checkpoint is never pulled from
+    under it: OutputInUseError (exit 2) names the holder, and nothing of that run is removed.
+    """
+    paths = [_resolve(name, directory)] if name is not None else _checkpoint_files(directory)
+    removed = []
+    for path in paths:
+        with _output_lock(path):
+            removed += _remove_checkpoint(path)
     for path in removed:
         log.info("removed checkpoint file %s", path)
     return removed
+
+
+def _output_lock(path: Path):
+    """The lock of the output a checkpoint file belongs to (recorded in it), or a no-op."""
+    from contextlib import nullcontext
+    from mpdistill.config import OutputFiles
+    from mpdistill.state.lock import OutputLock
+    try:
+        output = _read_state(path)["meta"].get("output")
+    except (FileNotFoundError, CheckpointError, OSError):
+        output = None
+    if not output or not Path(output).parent.is_dir():
+        return nullcontext()
+    files = OutputFiles(Path(output))
+    return OutputLock(files.lock, files.output, purpose="checkpoint clear")
 
 
 def _checkpoint_files(directory: str | os.PathLike) -> list[Path]:
@@ -368,7 +450,7 @@ def list_checkpoints(directory: str | os.PathLike = "checkpoints") -> list[dict]
         try:
             summaries.append(_summary(_read_state(path), path))
         except (CheckpointError, OSError) as err:
-            summaries.append({"name": path.name[:-len(SUFFIX)], "path": path, "processed": None,
+            summaries.append({"name": path.name[:-len(SUFFIX)], "path": path, "output": None, "processed": None,
                               "ok": None, "failed": None, "elapsed": None, "saved_at": None,
                               "error": str(err)})
     return summaries
@@ -376,43 +458,4 @@ def list_checkpoints(directory: str | os.PathLike = "checkpoints") -> list[dict]
 
 def backup_file(path: str | os.PathLike) -> Path:
     """Rename `path` to `path.bak-YYYYmmdd-HHMMSS` (plus `-N` if taken); return the new path."""
-    path = Path(path)
-    base = f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-    target, counter = path.with_name(base), 1
-    while target.exists():
-        target, counter = path.with_name(f"{base}-{counter}"), counter + 1
-    os.rename(path, target)
-    log.warning("moved %s aside to %s", path, target)
-    return target
-
-
-def _sha256_range(fh, start: int, length: int) -> str:
-    fh.seek(start)
-    return hashlib.sha256(fh.read(length)).hexdigest()
-
-
-def fingerprint_input(path: str | os.PathLike) -> dict:
-    """A cheap identity of an input file: size, mtime, hashes of its head and of its tail."""
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        return {"size": st.st_size, "mtime": st.st_mtime,
-                "head_sha256": _sha256_range(fh, 0, min(HEAD_BYTES, st.st_size)),
-                "tail_sha256": _sha256_range(fh, max(0, st.st_size - TAIL_BYTES),
-                                             min(TAIL_BYTES, st.st_size))}
-
-
-def input_unchanged(fp: dict, path: str | os.PathLike) -> bool:
-    """True if the file still starts with the content `fp` saw; appended rows are not a change."""
-    try:
-        size = int(fp["size"])
-        with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size < size:
-                return False
-            head = _sha256_range(fh, 0, min(HEAD_BYTES, size))
-            tail = _sha256_range(fh, max(0, size - TAIL_BYTES), min(TAIL_BYTES, size))
-    except FileNotFoundError:
-        return False
-    except (KeyError, TypeError, ValueError):
-        log.warning("input fingerprint %r is malformed; treating the input as changed", fp)
-        return False
-    return head == fp.get("head_sha256") and tail == fp.get("tail_sha256")
+    return move_aside(path)

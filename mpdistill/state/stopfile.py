@@ -20,6 +20,7 @@ _STARTED = time.time()   # imported when the run's process starts: the default "
 
 
 def stop_path(status_file: Path) -> Path:
+    """The stop file of a run: beside its status file (`NAME_status.json` -> `NAME.stop`)."""
     return status_file.with_name(status_file.name.replace("_status.json", ".stop"))
 
 
@@ -88,9 +89,7 @@ def _parse(text: str) -> dict | None:
 
 def stop_command(cfg, now: bool = False) -> int:
     """`--stop`: ask the run(s) going on under cfg.checkpoint_dir to stop; 0 if one was asked."""
-    from .checkpoint import safe_name
-    from ..report.status import status_path
-    named = status_path(cfg.checkpoint_dir, safe_name(cfg.name))
+    named = cfg.status_path
     candidates = [named] if cfg.run_name else find_statuses(cfg.checkpoint_dir)
     asked = 0
     for path in candidates:

@@ -1,4 +1,6 @@
 """Offline tools over files: validate, export, split/merge, task files.
 
-May import outputs, inputs, state, and the engine through `mpdistill.api`.
+May import config, errors, exitcodes, lines, inputs, outputs, provider, state, and the engine only
+through `mpdistill.api` / `mpdistill.plan` (cluster tasks through `cluster`). Their commands'
+parsers live in `cli/`.
 """

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from ..outputs import identity
 from ..outputs.batch import from_batch_output, is_batch_output
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def safe_file_name(row_id: object) -> str:
     Ids that are already safe are kept; others get unsafe characters replaced and a short hash of
     the real id appended, so `a/b` and `a_b` stay two files. `..`, `.` and `` become `_…` names.
     """
-    text = str(row_id)
+    text = identity.shown(row_id)
     safe = _UNSAFE.sub("_", text)
     if safe == text and not safe.startswith(".") and 0 < len(safe) <= _NAME_MAX:
         return safe
@@ -75,10 +76,9 @@ def _row(raw: bytes) -> dict | None:
 
 
 def _row_id(row: dict) -> object | None:
-    for key in ("id", "custom_id", "line"):
-        if row.get(key) not in (None, ""):
-            return row[key]
-    return None
+    """The row's id under the one rule (`outputs.identity`), else the line number it names."""
+    rid = identity.record_id(row)
+    return identity.record_line(row) if rid is None else rid
 
 
 def _answer_object(row: dict) -> object:

@@ -9,7 +9,8 @@ from typing import Any, Callable, Mapping
 from .. import api
 from ..plan import JobSpec
 from ..config import build_config, load_config_py
-from .splitmerge import merge_dir, split_file
+from .merge import merge_dir
+from .split import split_file
 from .tasks import Task, endpoint_for, layer_job, load_env_file, load_task
 
 _PARAMS_FROM_CONFIG = {"temperature": "temperature", "max_tokens": "max_tokens", "system": "system"}

@@ -9,21 +9,20 @@ import heapq
 import json
 import logging
 import os
-import shutil
 import stat
 import sys
-import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..state.checkpoint import CheckpointManager
+from ..state.checkpoint import CheckpointManager, checkpoint_path
 from ..config import RunConfig
-from ..errors import InputFileError, OutputError
-from ..outputs.batch import is_batch_output
-from ..state.files import atomic_write
-from ..outputs.scan import line_key
+from ..errors import InputFileError, OutputError, OutputInUseError
+from ..outputs import identity as rowid
+from ..outputs.identity import is_batch_output
+from ..state.files import atomic_write, copy_aside
+from ..state.lock import OutputLock
 from ..inputs.jsonl import BadRow, Blank, JsonlSource
 
 log = logging.getLogger(__name__)
@@ -31,20 +30,22 @@ log = logging.getLogger(__name__)
 from ..exitcodes import EXIT_OK, EXIT_REPAIRED, EXIT_USAGE
 
 REQUIRED_KEYS = ("input_prompt", "images", "answer", "processed_at")
-_NO_ROW, _NAMELESS = 0, 1      # codes of a blank input line and of a bad input row without an id
+_NO_ROW = 0      # the code of a blank input line
 
 
-def _id_code(rid: str) -> int:
-    """A 64-bit code of an id: the input index keeps codes, not strings, to stay small."""
-    h = hash(rid)
-    return h if h not in (_NO_ROW, _NAMELESS) else 2
+def _id_code(ident: str) -> int:
+    """A 64-bit code of an identity: the input index keeps codes, not strings, to stay small."""
+    h = hash(ident)
+    return h if h != _NO_ROW else 1
 
 
 class InputIndex:
-    """The id of every input line, as one 64-bit code per line (line k at index k-1)."""
+    """The identity of every input line (`outputs.identity`, the one rule), as one 64-bit code per
+    line (line k at index k-1), and the line each identity is on."""
 
     def __init__(self) -> None:
         self._codes = array("q")
+        self._where: dict[int, int] = {}
         self.rows = 0
 
     @classmethod
@@ -53,26 +54,30 @@ class InputIndex:
         index = cls()
         for entry in rows:
             usable = not isinstance(entry, Blank) and (limit is None or index.rows < limit)
-            index._codes.append(index._code(entry) if usable else _NO_ROW)
+            code = _id_code(_identity(entry)) if usable else _NO_ROW
+            index._codes.append(code)
+            if usable:
+                index._where.setdefault(code, entry.key)
             index.rows += usable
         return index
-
-    @staticmethod
-    def _code(entry) -> int:
-        if isinstance(entry, BadRow) and entry.id is None:
-            return _NAMELESS
-        return _id_code(entry.id)
 
     def __len__(self) -> int:
         return len(self._codes)
 
-    def knows(self, key: int, rid: str) -> bool:
-        """True when input line `key` is a row with this id."""
-        return 1 <= key <= len(self._codes) and self._codes[key - 1] == _id_code(rid)
+    def key_of(self, ident: str) -> int | None:
+        """The input line holding the row of this identity, or None when the input has none."""
+        return self._where.get(_id_code(ident))
 
     def row_keys(self) -> Iterator[int]:
         """The keys of the lines that are rows (not blank), in order."""
         return (k for k, code in enumerate(self._codes, start=1) if code != _NO_ROW)
+
+
+def _identity(entry) -> str:
+    """A source entry's identity; a bad row is known by its id when it has one, else by its line."""
+    if isinstance(entry, BadRow):
+        return rowid.line_key(entry.key) if entry.id is None else rowid.id_key(entry.id)
+    return entry.identity
 
 
 @dataclass(frozen=True)
@@ -107,25 +112,25 @@ class Todo:
 
 
 def classify(raw: bytes, inputs: InputIndex | None) -> tuple[str, int | None, str | None]:
-    """(verdict, line, id) of one complete output line; verdict: ok, bad, fields or unknown."""
+    """(verdict, input line, identity) of one complete output line; verdict: ok, bad, fields or unknown.
+
+    A line is known by its identity (`outputs.identity`), whoever wrote it: lines of other tools
+    with the required fields and an id count as rows too.
+    """
     try:
         obj = json.loads(raw)
     except ValueError:       # JSONDecodeError and UnicodeDecodeError alike
         return "bad", None, None
     if not isinstance(obj, dict):
         return "bad", None, None
-    if is_batch_output(obj):   # --output-format openai-batch: the custom_id is the row's id
-        key, rid = obj.get("line"), obj.get("custom_id")
-        required = ("response",)
-    else:
-        key, rid = obj.get("line"), obj.get("id")
-        required = REQUIRED_KEYS
-    if (not isinstance(key, int) or isinstance(key, bool) or not isinstance(rid, str)
-            or any(name not in obj for name in required)):
+    ident = rowid.record_identity(obj)
+    required = ("response",) if is_batch_output(obj) else REQUIRED_KEYS
+    if ident is None or any(name not in obj for name in required):
         return "fields", None, None
-    if inputs is not None and not inputs.knows(key, rid):
-        return "unknown", key, rid
-    return "ok", key, rid
+    if inputs is None:
+        return "ok", None, ident
+    key = inputs.key_of(ident)
+    return ("unknown", None, ident) if key is None else ("ok", key, ident)
 
 
 class _Tally:
@@ -136,7 +141,6 @@ class _Tally:
         self.drop: set[int] = set()
         self.torn = False
         self.seen_ids: set[str] = set()
-        self.seen_lines: set[int] = set()
         self.present = bytearray(len(inputs) + 1) if inputs is not None else None
 
     def add(self, number: int, raw: bytes, inputs: InputIndex | None) -> None:
@@ -146,7 +150,7 @@ class _Tally:
             self.drop.add(number)
             return
         verdict, key, rid = classify(raw, inputs)
-        if verdict == "ok" and (rid in self.seen_ids or key in self.seen_lines):
+        if verdict == "ok" and rid in self.seen_ids:
             verdict = "duplicates"
         if verdict != "ok":
             self.counts[verdict] += 1
@@ -154,7 +158,6 @@ class _Tally:
             return
         self.counts["valid"] += 1
         self.seen_ids.add(rid)
-        self.seen_lines.add(key)
         if self.present is not None:
             self.present[key] = 1
 
@@ -172,22 +175,26 @@ def check_output(path: Path, inputs: InputIndex | None = None) -> Report:
                   c["duplicates"], c["unknown"], tally.torn, frozenset(tally.drop), tally.present)
 
 
-def error_keys(errors: Path) -> Iterator[int]:
-    """The row keys of the complete lines of an errors file (none if there is no file)."""
+def error_identities(errors: Path) -> Iterator[str]:
+    """The identities of the complete lines of an errors file (none if there is no file)."""
     if not errors.exists():
         return
     with open(errors, "rb") as f:
         for raw in f:
-            key = line_key(raw.rstrip(b"\n")) if raw.endswith(b"\n") else None
-            if key is not None:
-                yield key
+            try:
+                ident = rowid.record_identity(json.loads(raw)) if raw.endswith(b"\n") else None
+            except ValueError:
+                continue
+            if ident is not None:
+                yield ident
 
 
 def todo(inputs: InputIndex, report: Report, errors: Path) -> Todo:
     """The input rows the output does not hold, split by whether the errors file has them."""
     in_errors = bytearray(len(inputs) + 1)
-    for key in error_keys(Path(errors)):
-        if 1 <= key <= len(inputs):
+    for ident in error_identities(Path(errors)):
+        key = inputs.key_of(ident)
+        if key is not None:
             in_errors[key] = 1
     missing, failed = array("q"), array("q")
     for key in inputs.row_keys():
@@ -197,24 +204,6 @@ def todo(inputs: InputIndex, report: Report, errors: Path) -> Todo:
 
 
 # --- writing ------------------------------------------------------------------------------
-
-
-def copy_aside(path: Path) -> Path:
-    """Copy `path` to `path.bak-YYYYmmdd-HHMMSS` (plus `-N` if taken), durably; the original stays."""
-    base = f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-    target, counter = path.with_name(base), 1
-    while True:
-        try:
-            dst = open(target, "xb")
-            break
-        except FileExistsError:
-            target, counter = path.with_name(f"{base}-{counter}"), counter + 1
-    with dst, open(path, "rb") as src:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        os.fsync(dst.fileno())
-    shutil.copystat(path, target)
-    return target
 
 
 def _kept_lines(path: Path, drop: frozenset[int]) -> Iterator[bytes]:
@@ -275,12 +264,14 @@ class _Picker:
 
 
 def clear_run_checkpoint(cfg: RunConfig) -> Path | None:
-    """Remove the run's checkpoint so the next run rebuilds its progress from the repaired files."""
-    ckpt = CheckpointManager(cfg.checkpoint_interval, name=cfg.name, directory=cfg.checkpoint_dir)
-    if not ckpt.path.exists():
-        return None
-    ckpt.clear()
-    return ckpt.path
+    """Remove the run's checkpoint (named after the output; or after the model, as older versions
+    named it) so the next run rebuilds its progress from the repaired files."""
+    for path in (cfg.files.checkpoint, checkpoint_path(cfg.name, cfg.checkpoint_dir)):
+        ckpt = CheckpointManager(cfg.checkpoint_interval, name=cfg.name, path=path)
+        if ckpt.path.exists():
+            ckpt.clear()
+            return ckpt.path
+    return None
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -293,6 +284,15 @@ def validate_command(cfg: RunConfig, emit_retry: str | None = None) -> int:
     if usage:
         print(f"mpdistill: error: {usage}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        with OutputLock(cfg.files.lock, output, purpose="validate"):   # never under a running run
+            return _validate_locked(cfg, output, dest)
+    except OutputInUseError as err:
+        print(f"mpdistill: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _validate_locked(cfg: RunConfig, output: Path, dest: str | None) -> int:
     inputs = _read_input(cfg) if cfg.input else None
     try:
         report = check_output(output, inputs)

@@ -79,7 +79,7 @@ class Slurm:
         self.root = root
         self.conf = root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        self.pids: list[int] = []
+        self.procs: list[subprocess.Popen] = []
 
     def start(self, timeout: float = 60.0) -> "Slurm":
         for d in ("state", "spool"):
@@ -88,20 +88,14 @@ class Slurm:
         self.conf.write_text(SLURM_CONF.format(host=host, root=self.root, cpus=os.cpu_count() or 1,
                                                ctld_port=_free_port(), d_port=_free_port()))
         self.munge_pid = start_munge()
-        for daemon, pid_file in (("slurmctld", "slurmctld.pid"), ("slurmd", "slurmd.pid")):
-            subprocess.run([daemon, "-f", str(self.conf)] + (["-i"] if daemon == "slurmctld" else []),
-                           env=self.env, check=True)
-            self.pids.append(self._pid(self.root / pid_file))
+        for daemon in ("slurmctld", "slurmd"):
+            # In the foreground (-D), as children that die with the test session even if it is killed.
+            proc = subprocess.Popen([daemon, "-D", "-f", str(self.conf)] + (["-i"] if daemon == "slurmctld" else []),
+                                    env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.root / f"{daemon}.err", "ab"),
+                                    preexec_fn=_die_with_parent)
+            self.procs.append(proc)
         self._wait_idle(host, timeout)
         return self
-
-    @staticmethod
-    def _pid(path: Path) -> int:
-        for _ in range(100):
-            if path.exists() and path.read_text().strip():
-                return int(path.read_text())
-            time.sleep(0.1)
-        raise RuntimeError(f"Slurm daemon did not write {path}")
 
     def _wait_idle(self, host: str, timeout: float) -> None:
         deadline = time.time() + timeout
@@ -113,8 +107,13 @@ class Slurm:
         raise RuntimeError(f"Slurm node {host} did not come up; see {self.root}/slurmctld.log and slurmd.log")
 
     def stop(self) -> None:
-        for pid in reversed(self.pids):
-            _kill(pid)
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if self.munge_pid:
             _kill(self.munge_pid)
 
@@ -163,6 +162,12 @@ class Ray:
                 os.killpg(self.proc.pid, signal.SIGKILL)   # what SIGTERM left of the session
             except ProcessLookupError:
                 pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent (the test session) dies (Linux prctl)."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def _kill(pid: int) -> None:

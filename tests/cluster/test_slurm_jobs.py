@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.conftest import wait_for
-from .conftest import cli, cluster_env, expected_ids, merged_ids, submit_args
+from .conftest import cluster_env, expected_ids, merged_ids, submit_args
 
 
 pytestmark = pytest.mark.timeout(400)

@@ -125,7 +125,7 @@ def test_changed_input_stops_unless_restart(workdir):
     assert workdir.run("--limit", "5").returncode == 0
     write_jsonl(workdir.input, [{"id": f"new{i}", "prompt": "x"} for i in range(20)])
     proc = workdir.run()
-    assert proc.returncode == 2 and "changed since checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "changed since" in proc.stderr
     proc = workdir.run("--restart")
     assert proc.returncode == 0, proc.stderr
     assert {r["id"] for r in workdir.results()} == {f"new{i}" for i in range(20)}

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from mpdistill.config import OutputFiles
+
 from mpdistill.outputs.batch import from_batch_output
 from tests.conftest import clean_env, line_count, read_jsonl, wait_for, write_jsonl
 
@@ -44,8 +46,9 @@ def test_two_models_each_resume_independently_after_a_kill(tmp_path):
     wait_for(lambda: line_count(tmp_path / "out" / "teacher-a" / "results.jsonl") >= 40, proc=proc)
     proc.kill()
     proc.communicate()
-    assert {p.name for p in (tmp_path / "ck").glob("*_checkpoint.pkl")} <= {
-        "teacher-a_checkpoint.pkl", "teacher-b_checkpoint.pkl"}
+    assert {p.name for p in (tmp_path / "ck").glob("*_checkpoint.pkl")} <= {   # named after each output
+        OutputFiles(tmp_path / "out" / alias / "results.jsonl", tmp_path / "ck").checkpoint.name
+        for alias in ("teacher-a", "teacher-b")}
     done = _cli(tmp_path, "run-task", str(task), "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"))
     assert done.returncode == 0, done.stderr
     for alias, model in (("teacher-a", "mock-a"), ("teacher-b", "mock-b")):

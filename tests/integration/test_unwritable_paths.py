@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpdistill.state.checkpoint import CheckpointManager
+from mpdistill.config import OutputFiles
 from tests.conftest import Workdir, write_jsonl
 
 
@@ -21,7 +21,7 @@ def test_unwritable_output_folder_is_one_line_and_exit_2(tmp_path, mock_server):
 def test_checkpoint_path_that_is_a_directory_is_exit_2_and_left_intact(workdir):
     """A directory where the checkpoint goes: exit 2 naming it, the directory and output untouched."""
     write_jsonl(workdir.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}])
-    slot = CheckpointManager(name="mock-model", directory=workdir.checkpoints).path   # where the run keeps it
+    slot = OutputFiles(workdir.output, workdir.checkpoints).checkpoint   # where the run keeps it (named after -o)
     slot.mkdir(parents=True)
     (slot / "keep.txt").write_text("mine")
     proc = workdir.run(processes=1)

@@ -72,13 +72,57 @@ def test_torn_last_line_is_cut_and_original_backed_up(env):
 
 
 def test_duplicates_keep_the_first_copy(env):
-    """Rows repeating an id or a line number are dropped; the first copy stays, order kept."""
+    """Rows repeating an id are dropped (first copy kept, order kept); a line number is no id."""
     first = out_line(1)
     data = first + out_line(2) + out_line(1) + out_line(2, rid="other") + out_line(3)
     (env / "out.jsonl").write_bytes(data)
-    assert validate.check_output(env / "out.jsonl").duplicates == 2
+    assert validate.check_output(env / "out.jsonl").duplicates == 1
     assert run_validate(env) == validate.EXIT_REPAIRED
-    assert (env / "out.jsonl").read_bytes() == first + out_line(2) + out_line(3)
+    assert (env / "out.jsonl").read_bytes() == first + out_line(2) + out_line(2, rid="other") + out_line(3)
+
+
+def test_reordered_input_keeps_every_good_row(env):
+    """Rows are matched to the input by id, not line: a reordered input loses no row."""
+    keys = list(range(1, 11))
+    (env / "in.jsonl").write_bytes(b"".join(in_line(k) for k in reversed(keys)))
+    data = b"".join(out_line(k) for k in keys)
+    (env / "out.jsonl").write_bytes(data)
+    assert run_validate(env, input_="in.jsonl") == validate.EXIT_OK
+    assert (env / "out.jsonl").read_bytes() == data and backups(env) == []
+
+
+def test_lines_of_other_tools_are_rows_when_they_have_an_id(env):
+    """An output in the older scripts' format (id, input_prompt, images, answer, processed_at) is sound."""
+    (env / "in.jsonl").write_bytes(b"".join(in_line(k) for k in (1, 2)))
+    data = b"".join(encode_line({"id": f"r{k}", "input_prompt": "q", "images": [], "answer": "a",
+                                 "processed_at": "t"}) for k in (2, 1))
+    (env / "out.jsonl").write_bytes(data)
+    assert run_validate(env, input_="in.jsonl") == validate.EXIT_OK
+    assert (env / "out.jsonl").read_bytes() == data
+
+
+def test_validate_refuses_while_a_run_holds_the_output(env, capsys):
+    """--validate exits 2 and repairs nothing while another process holds the output's lock."""
+    from mpdistill.config import OutputFiles
+    from mpdistill.state.lock import OutputLock
+    data = out_line(1) + b"garbage\n"
+    (env / "out.jsonl").write_bytes(data)
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from mpdistill.state.lock import OutputLock; "
+        f"l = OutputLock({str(OutputFiles(env / 'out.jsonl').lock)!r}, 'out').acquire(); "
+        "print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run_validate(env) == validate.EXIT_USAGE
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert (env / "out.jsonl").read_bytes() == data
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(OutputFiles(env / "out.jsonl").lock, env / "out.jsonl"):
+        pass   # the lock is free again once its holder is gone
 
 
 def test_garbage_lines_are_dropped_and_counted(env):

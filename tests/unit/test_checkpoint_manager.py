@@ -11,8 +11,8 @@ import pytest
 
 from mpdistill.state import checkpoint as cp
 from mpdistill.state.checkpoint import (FORMAT_VERSION, CheckpointManager, backup_file, checkpoint_path,
-                                  clear_checkpoint, fingerprint_input, input_unchanged,
-                                  list_checkpoints, load_checkpoint, safe_name)
+                                  clear_checkpoint, list_checkpoints, load_checkpoint, safe_name)
+from mpdistill.state.fingerprint import fingerprint_input, input_unchanged
 from mpdistill.errors import CheckpointError
 
 
@@ -423,6 +423,15 @@ def test_fingerprint_truncated_or_missing(big_input):
     assert not input_unchanged(fp, big_input)
 
 
+def test_fingerprint_modified_middle(big_input):
+    """A change anywhere, also between the head and tail windows, is detected (whole-file hash)."""
+    fp = fingerprint_input(big_input)
+    with open(big_input, "r+b") as fh:
+        fh.seek(fp["size"] // 2)
+        fh.write(b"X")
+    assert not input_unchanged(fp, big_input)
+
+
 def test_fingerprint_small_and_empty_files(tmp_path):
     """Files smaller than the windows (and empty files) fingerprint and compare correctly."""
     path = tmp_path / "small.jsonl"
@@ -446,3 +455,31 @@ def test_mark_range_moves_the_watermark_in_one_step(tmp_path):
     ckpt.mark_range(20, 23)
     assert ckpt.watermark == 8 and ckpt.sparse == {20, 21, 22}
     assert ckpt.processed_indices == set(range(1, 8)) | {20, 21, 22}
+
+
+def test_two_threads_never_see_a_done_row_as_not_done(tmp_path):
+    """While a writer thread marks rows out of order, a reader thread never sees a done row as undone."""
+    import threading
+    m = make(tmp_path)
+    n = 20_000
+    order = [k for pair in zip(range(2, n + 1, 2), range(1, n, 2)) for k in pair]  # sparse, then watermark
+    done_upto = [0]
+    wrong: list[int] = []
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen = done_upto[0]
+            for key in order[max(0, seen - 50):seen]:
+                if not m.is_done(key):
+                    wrong.append(key)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i, key in enumerate(order, start=1):
+        m.mark_done(key)
+        done_upto[0] = i
+    stop.set()
+    reader.join()
+    assert not wrong
+    assert m.watermark == n + 1 and not m.sparse

@@ -9,8 +9,10 @@ import pytest
 from mpdistill.errors import ConfigError
 from mpdistill.outputs.batch import to_batch_output
 from mpdistill.inputs.jsonl import BadRow, Blank, JsonlSource, row_from_object
+from mpdistill.outputs.identity import id_fields, line_key
 from mpdistill.cli.tools import merge_command, split_command
-from mpdistill.tools.splitmerge import chunk_ranges, merge_dir, row_id, split_file
+from mpdistill.tools.merge import merge_dir
+from mpdistill.tools.split import chunk_ranges, row_id, split_file
 
 N = 103
 
@@ -58,10 +60,11 @@ def fabricate(out: Path, chunk: Path, alias: str, *, fail=(), drop=(), dup=False
         if item.id in drop:
             continue
         if item.id in fail:
-            errors.append({"line": item.key, "id": item.id, "reason": "HTTP 400", "error": "RejectedError",
-                           "status": 400})
+            errors.append({"line": item.key, **id_fields(item.id, item.implied), "reason": "HTTP 400",
+                           "error": "RejectedError", "status": 400})
             continue
-        results.append({"line": item.key, "id": item.id, "input_prompt": item.prompt, "answer": f"A:{item.id}"})
+        results.append({"line": item.key, **id_fields(item.id, item.implied), "input_prompt": item.prompt,
+                        "answer": f"A:{item.id}"})
     if dup and results:
         results.append(dict(results[0], answer="second copy"))
     target = out / alias
@@ -103,28 +106,27 @@ def test_split_writes_chunks_and_manifest(split):
 
 
 def test_split_keeps_ids_stable(split):
-    """Rows read from the chunks get exactly the ids the unsplit input gives them."""
+    """Rows read from the chunks, placed by the manifest's offsets, have the unsplit input's identities."""
     src, out, chunks = split
-    ids = original_ids(src)
+    whole = {r.key: r.identity for r in source_items(src) if not isinstance(r, (BadRow, Blank))}
     from_chunks = {}
     for path, first in zip(chunks, (1, 27, 53, 79)):
-        for key, rid in original_ids(path).items():
-            from_chunks[key + first - 1] = rid
-    assert from_chunks == ids
-    assert ids[7] == "7" and ids[30] == "batch-30" and ids[40] == "40" and ids[1] == "r1"
-    lines = chunks[0].read_text(encoding="utf-8").splitlines()
-    assert lines[0] == (src.read_text().splitlines()[0])       # rows with ids are copied byte for byte
-    assert json.loads(lines[6]) == {"prompt": "no id 7", "note": "é", "id": "7"}
+        for r in source_items(path):
+            if not isinstance(r, (BadRow, Blank)):
+                from_chunks[r.key + first - 1] = r.identity if not r.implied else line_key(r.key + first - 1)
+    assert from_chunks == whole
+    assert whole[7] == "#7" and whole[30] == '"batch-30"' and whole[40] == "#40" and whole[1] == '"r1"'
+    assert b"".join(p.read_bytes() for p in chunks) == src.read_bytes()   # lines copied byte for byte
 
 
 def test_row_id_matches_source():
-    """splitmerge.row_id gives the same id as the run's row reader for every row shape."""
+    """split.row_id gives the same identity as the run's row reader for every row shape."""
     shapes = [{"id": "a", "prompt": "p"}, {"id": 5, "prompt": "p"}, {"prompt": "p"}, {"id": "", "prompt": "p"},
               {"id": None, "custom_id": "c", "prompt": "p"},
               {"custom_id": "c2", "body": {"messages": [{"role": "user", "content": "x"}]}},
               {"custom_id": "", "body": {"messages": [{"role": "user", "content": "x"}]}}]
     for obj in shapes:
-        assert row_id(obj, 9) == row_from_object(9, obj, None).id
+        assert row_id(obj, 9) == row_from_object(9, obj, None).identity
 
 
 def test_split_merge_round_trip(split):
@@ -160,7 +162,9 @@ def test_merge_selected_models_and_other_layouts(tmp_path):
     out = tmp_path / "runs"
     for part in ("p1", "p2"):
         (out / part).mkdir(parents=True)
-    rows = [{"line": k, "id": i, "answer": "x"} for k, i in original_ids(src).items()]
+    items = [r for r in source_items(src) if not isinstance(r, (BadRow, Blank))]
+    rows = [{"line": r.key, **id_fields(r.id, r.implied), "answer": "x"} for r in items]
+    implied = sum(r.implied for r in items)
     (out / "p1/m_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:50]))
     (out / "p2/m_results.jsonl").write_text(
         "".join(json.dumps(to_batch_output(r)) + "\n" for r in rows[40:]) + '{"torn')
@@ -168,6 +172,9 @@ def test_merge_selected_models_and_other_layouts(tmp_path):
     stats = merge_dir(out, models=["m"], input=src)
     assert list(stats["models"]) == ["m"]
     m = stats["models"]["m"]
+    # Without a manifest the parts are runs over the input itself: rows known by their line number
+    # (15 here) are matched by it.
+    assert implied == 15
     assert (m["succeeded"], m["duplicates"], m["bad_lines"], m["missing"]) == (len(rows), 10, 1, 1)
     with pytest.raises(ConfigError, match="ghost"):
         merge_dir(out, models=["ghost"])
@@ -186,7 +193,7 @@ def test_last_line_without_newline_is_kept(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "a"}\n{"prompt": "b"}')
     chunks = split_file(src, 2, tmp_path / "s")
-    assert [read(p) for p in chunks] == [[{"prompt": "a", "id": "1"}], [{"prompt": "b", "id": "2"}]]
+    assert [read(p) for p in chunks] == [[{"prompt": "a"}], [{"prompt": "b"}]]
 
 
 def test_commands_exit_codes(split, tmp_path, capsys):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 
 from ...errors import ConfigError
+from ...exitcodes import EXIT_ABORTED, EXIT_FAILED_ROWS, EXIT_OK
 from ...state.files import atomic_write
 from ..budget import env_secrets, share_env
 from ..job import Job
@@ -22,7 +23,7 @@ from ..status import job_status, shard_state
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_SHARD_FAILED, EXIT_INTERRUPTED = 0, 3, 75, 130
+EXIT_SHARD_FAILED = EXIT_ABORTED   # a shard did not finish: resubmit to go on
 EXECUTORS = ("local", "slurm", "ray", "k8s")
 SUBMIT_FILE = "submit.json"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 
 from ... import plan
 from ..budget import ACTOR_VAR, RAY_ADDRESS_VAR, public_endpoint
@@ -15,13 +14,6 @@ from ..ray_budget import NAMESPACE, actor_name, import_ray, start_actor
 from .base import Executor
 
 log = logging.getLogger(__name__)
-
-
-def _run_shard_process(command: list[str], env: dict, log_path: str) -> int:
-    """The body of a shard's Ray task: run the shard command, return its exit code."""
-    with open(log_path, "ab") as out:
-        return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **env}).returncode
 
 
 def _run_shard_here(outdir: str, index: int, env: dict, log_path: str) -> int:

@@ -1,148 +1,32 @@
-"""Split an input JSONL into line-range chunks for separate runs, and merge the chunks' results back.
+"""Merge the chunks' results of a split input back into one output per model (`mpdistill merge`).
 
-Layout (one folder holds everything; runs write beside their chunk):
-
-    DIR/manifest.json                      written by split, last (input, size, line ranges)
-    DIR/chunk_0000.jsonl …                 chunk i = input lines [i*S+1, (i+1)*S], S = ceil(N/chunks)
-    DIR/chunk_0000/<alias>/results.jsonl   a run's output for that chunk (+ results.errors.jsonl)
     DIR/merged/<alias>/results.jsonl       written by merge (+ results.errors.jsonl, stats.json)
 
-Merge also finds `<alias>_results.jsonl` files and a plain `results.jsonl` in a chunk folder (alias
-"default"). Rows without an id get their original line number written in by split, so merged ids
-equal those of an unsplit run; merged lines carry their original line number in `"line"`.
+Merge finds `chunk_NNNN/<alias>/results.jsonl`, `<alias>_results.jsonl` files and a plain
+`results.jsonl` in a chunk folder (alias "default"). Merged lines carry their original line number
+in `"line"`, and rows known by their line number (no id) get that number as their id, so merged
+ids equal those of an unsplit run (`outputs.identity` is the one rule).
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
 
-from ..state.files import atomic_write
+from ..config import OutputFiles
+from ..state.files import atomic_write, atomic_writer
+from ..state.lock import OutputLock
 from ..errors import ConfigError, InputFileError, OutputError
-from ..lines import count_lines
-from ..outputs.batch import is_batch_output
+from ..outputs import identity
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MERGED = "merged"
-DEFAULT_ALIAS = "default"
-_CHUNK_NAME = re.compile(r"^chunk_\d{4,}$")
-
-
-# ---- ids and lines -----------------------------------------------------------------------------
-
-def _explicit_id(obj: object):
-    """The row's own id (id, else custom_id), or None; an empty id counts as none, as in `source`."""
-    rid = obj.get("id", obj.get("custom_id")) if isinstance(obj, dict) else None
-    return None if rid == "" else rid
-
-
-def row_id(obj: object, line: int) -> str:
-    """The id mpdistill gives a row (same rule as `source`): id, else custom_id, else its line number."""
-    rid = _explicit_id(obj)
-    return str(line) if rid is None else str(rid)
-
-
-def _with_id(raw: bytes, line: int) -> bytes:
-    """The line, newline-terminated, with `"id": "<line>"` written in when the row has no id."""
-    raw = raw if raw.endswith(b"\n") else raw + b"\n"
-    if not raw.strip():
-        return raw
-    try:
-        obj = json.loads(raw)
-    except ValueError:     # not JSON (or not UTF-8): the run reports it; it stays as it was
-        return raw
-    if not isinstance(obj, dict) or _explicit_id(obj) is not None:
-        return raw
-    obj["id"] = str(line)
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-# ---- split -------------------------------------------------------------------------------------
-
-def chunk_ranges(lines: int, chunks: int) -> list[tuple[int, int]]:
-    """0-based [start, end) line ranges: chunk i gets [i*S, (i+1)*S) with S = ceil(lines/chunks)."""
-    size = max(1, math.ceil(lines / chunks))
-    return [(min(i * size, lines), min((i + 1) * size, lines)) for i in range(chunks)]
-
-
-def chunk_name(index: int) -> str:
-    return f"chunk_{index:04d}"
-
-
-def split_file(input: str | os.PathLike, chunks: int, out_dir: str | os.PathLike) -> list[Path]:
-    """Write `chunks` chunk files (some may be empty) and the manifest; return the chunk paths."""
-    src, out = Path(input), Path(out_dir)
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks <= 0:
-        raise ConfigError(f"--chunks must be an integer > 0, got {chunks!r}")
-    if not src.is_file():
-        raise InputFileError(f"input file not found: {src}")
-    lines = count_lines(src)
-    manifest = _manifest(src, lines, chunks)
-    _check_previous(out, manifest)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = _write_chunks(src, out, manifest["files"])
-    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-    log.info("split %s (%d lines) into %d chunks in %s", src, lines, chunks, out)
-    return paths
-
-
-def _manifest(src: Path, lines: int, chunks: int) -> dict:
-    stat = src.stat()
-    files = [{"file": f"{chunk_name(i)}.jsonl", "first_line": start + 1, "last_line": end,
-              "lines": end - start} for i, (start, end) in enumerate(chunk_ranges(lines, chunks))]
-    return {"format": 1, "input": str(src.resolve()), "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns, "lines": lines, "chunks": chunks,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files}
-
-
-_SAME_SPLIT = ("input", "input_size", "input_mtime_ns", "chunks")
-
-
-def _check_previous(out: Path, manifest: dict) -> None:
-    """A folder may be split into again only for the same input and chunk count (runs may live there)."""
-    old = read_manifest(out)
-    if old is not None and any(old.get(k) != manifest[k] for k in _SAME_SPLIT):
-        raise ConfigError(f"{out} already holds a different split ({old.get('input')}, "
-                          f"{old.get('chunks')} chunks); choose another --out-dir")
-
-
-def _write_chunks(src: Path, out: Path, files: list[dict]) -> list[Path]:
-    paths = []
-    with open(src, "rb") as f:
-        line = 1
-        for entry in files:
-            path = out / entry["file"]
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as chunk:
-                for _ in range(entry["lines"]):
-                    chunk.write(_with_id(f.readline(), line))
-                    line += 1
-                _sync(chunk)
-            os.replace(tmp, path)
-            paths.append(path)
-    return paths
-
-
-def read_manifest(directory: Path) -> dict | None:
-    """The split manifest of `directory`, or None when there is none."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the split manifest: {err}") from err
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise ConfigError(f"{path}: not a split manifest")
-    return data
+from .split import _CHUNK_NAME, DEFAULT_ALIAS, MERGED, read_manifest, row_id
 
 
 # ---- merge: finding the parts --------------------------------------------------------------------
@@ -184,7 +68,8 @@ def find_parts(directory: Path, manifest: dict | None) -> dict[str, list[Part]]:
         if found is None:
             continue
         kind, alias, label = found
-        order, offset = offsets.get(Path(label).name, (1 << 30, None))
+        # No manifest: the parts are runs over the input itself, so their line numbers are its own.
+        order, offset = offsets.get(Path(label).name, (1 << 30, None if manifest else 0))
         part = parts.setdefault((alias, label), Part(label, alias, offset, order))
         if kind == "errors" and part.errors is not None:
             log.warning("%s: two errors files for %s; using %s", label, alias, part.errors)
@@ -235,23 +120,32 @@ def _records(path: Path, part: Part, merge: ModelMerge) -> Iterator[tuple[str, b
 
 
 def _identity(obj: dict, part: Part) -> str:
-    """The row id of an output/errors line; an id-less error row is known by its original line."""
-    rid = obj.get("custom_id") if is_batch_output(obj) else obj.get("id")
-    if rid is not None and rid != "":
-        return str(rid)
-    line = obj.get("line")
-    if isinstance(line, int) and part.offset is not None:
-        return str(line + part.offset)
-    return f"{part.label}#{line}"
+    """The identity of an output/errors line in the unsplit input (rows known by their line number
+    are placed by the manifest's offset; without one, by their chunk)."""
+    found = identity.record_identity(obj)
+    line = identity.record_line(obj)
+    if found is None or (line is not None and found == identity.line_key(line)):
+        if line is not None and part.offset is not None:
+            return identity.line_key(line + part.offset)
+        return f"{part.label}#{line}"
+    return found
 
 
 def _relined(obj: dict, raw: bytes, part: Part) -> bytes:
-    """The line with `"line"` (first key) set to the original input line number when known."""
-    line = obj.get("line")
-    if part.offset is None or not isinstance(line, int) or isinstance(line, bool):
+    """The line with `"line"` (first key) set to the original input line number when known, and
+    the id of a row known by its line number set to that number."""
+    line = identity.record_line(obj)
+    if part.offset is None or line is None:
         return raw if raw.endswith(b"\n") else raw + b"\n"
     rest = {k: v for k, v in obj.items() if k != "line"}
+    if rest.get(identity.IMPLIED) is True:
+        rest[_implied_field(rest)] = str(line + part.offset)
     return (json.dumps({"line": line + part.offset, **rest}, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _implied_field(record: dict) -> str:
+    """Where a written line keeps a line-number id: `custom_id` in Batch output lines, else `id`."""
+    return "custom_id" if identity.is_batch_output(record) else "id"
 
 
 def _merge_results(parts: list[Part], out: IO[bytes], merge: ModelMerge) -> None:
@@ -285,15 +179,17 @@ def merge_model(parts: list[Part], target: Path, merge_errors: bool) -> ModelMer
     """Write one model's merged results (and errors) under `target`; return its counts."""
     target.mkdir(parents=True, exist_ok=True)
     merge = ModelMerge()
-    results, errors = target / "results.jsonl", target / "results.errors.jsonl"
-    with _AtomicFile(results) as out:
-        _merge_results(parts, out, merge)
-    if merge_errors:
-        with _AtomicFile(errors) as out:
-            _merge_errors(parts, out, merge)
-    else:
-        errors.unlink(missing_ok=True)    # a stale file from an earlier merge would mislead
-        _merge_errors(parts, None, merge)
+    files = OutputFiles(target / "results.jsonl")
+    results, errors = files.output, files.errors
+    with OutputLock(files.lock, results, purpose="merge"):   # never under a run writing there
+        with _atomic_file(results) as out:
+            _merge_results(parts, out, merge)
+        if merge_errors:
+            with _atomic_file(errors) as out:
+                _merge_errors(parts, out, merge)
+        else:
+            errors.unlink(missing_ok=True)    # a stale file from an earlier merge would mislead
+            _merge_errors(parts, None, merge)
     return merge
 
 
@@ -350,7 +246,7 @@ def _input_for_missing(input, manifest: dict | None) -> Path | None:
 
 
 def input_ids(path: Path) -> Iterator[str]:
-    """The id of every non-blank input line, as a run (or split) gives it."""
+    """The identity of every non-blank input line, as a run gives it."""
     with open(path, "rb") as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -374,33 +270,11 @@ def count_missing(path: Path, merges: dict[str, ModelMerge]) -> None:
 
 # ---- files -------------------------------------------------------------------------------------
 
-def _sync(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
-class _AtomicFile:
-    """A file written beside its target and renamed over it only when complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-
-    def __enter__(self) -> IO[bytes]:
-        try:
-            self.f = open(self.tmp, "wb")
-        except OSError as err:
-            raise OutputError(f"cannot write {self.path}: {err.strerror}") from err
-        return self.f
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                _sync(self.f)
-            self.f.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-            else:
-                self.tmp.unlink(missing_ok=True)
-        except OSError as err:
-            raise OutputError(f"cannot write {self.path}: {err.strerror}") from err
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A merged file, written beside its target and renamed over it only when complete."""
+    try:
+        with atomic_writer(path) as f:
+            yield f
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
