@@ -25,7 +25,8 @@ from .provider.registry import endpoints_from_env, load_endpoints, select_pool
 from .report.summary import summary_path
 from .state.checkpoint import CheckpointManager, checkpoint_path
 from .state.lock import OutputLock, refuse_input_as_output
-from .state.resume import ResumeInfo, config_fingerprint, prepare
+from .state.fingerprint import config_fingerprint
+from .state.resume import ResumeInfo, prepare
 from .state.writable import check_file, check_run_paths
 
 OPENAI_URL = "https://api.openai.com/v1"

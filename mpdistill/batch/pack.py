@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..inputs.jsonl import Row
+from ..inputs.rows import Row
 from . import crash
 from .calls import ENDPOINT
 

@@ -14,7 +14,7 @@ import time
 from collections import deque
 
 from ..errors import AuthError, CallError, CheckpointError, RunAbortedError, TransientError
-from ..inputs.jsonl import BadRow, Blank, Idle
+from ..inputs.rows import BadRow, Blank, Idle
 from ..outputs import records
 from ..engine.ratelimit import Meter
 from ..engine.view import RunView, job_counts

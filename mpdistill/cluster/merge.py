@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import sibling
 from ..errors import ConfigError, OutputError
-from ..inputs.jsonl import IdSet
+from ..inputs.rows import IdSet
 from ..outputs import identity
 from ..state.files import atomic_write
 from .job import Job, load_job

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from ..inputs.jsonl import BadRow, Blank, Idle, Row
+from ..inputs.rows import BadRow, Blank, Idle, Row
 from ..outputs import records
 from .job import Item, Job
 

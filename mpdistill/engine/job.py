@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..inputs.jsonl import Row
+from ..inputs.rows import Row
 from ..state.checkpoint import CheckpointManager
 from .writer import Writer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError, InputFileError
-from .jsonl import IDLE, BadRow, Blank, Idle, Row, with_system
+from .rows import IDLE, BadRow, Blank, Idle, Row, with_system
 
 log = logging.getLogger(__name__)
 

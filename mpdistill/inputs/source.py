@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
-from .jsonl import BadRow, Blank, Idle, JsonlSource, Row, find_keys, python_rows
+from .jsonl import JsonlSource
+
+from .rows import BadRow, Blank, Idle, Row, find_keys, python_rows
 
 Item = Row | BadRow | Blank | Idle
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from ..provider.answer import Completion
-from ..inputs.jsonl import BadRow, Row
+from ..inputs.rows import BadRow, Row
 from .identity import head, id_fields
 
 

@@ -45,6 +45,7 @@ def write_status(path: Path, status: dict) -> None:
 
 
 def read_status(path: Path) -> dict | None:
+    """The JSON object in `path` (a status file or any small JSON record), or None if unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -88,7 +88,7 @@ class JobStore:
         return self.view(job_id)
 
     def _start(self, job_id: str, job_dir: Path) -> None:
-        record = self._read_json(job_dir / "job.json")
+        record = read_status(job_dir / "job.json")
         console = open(job_dir / "console.log", "ab")
         try:
             proc = subprocess.Popen([sys.executable, "-m", "mpdistill.cli.child", str(job_dir.resolve())],
@@ -165,7 +165,7 @@ class JobStore:
             return child.poll()
         if record.get("source") == "discovered":
             return None
-        data = self._read_json(self.root / record["id"] / "exit.json")
+        data = read_status(self.root / record["id"] / "exit.json")
         return data.get("code") if data else None
 
     def _reap(self) -> None:
@@ -176,7 +176,7 @@ class JobStore:
     def _record(self, job_id: str) -> dict:
         if "/" in job_id or job_id.startswith("."):
             raise JobNotFoundError(f"no job {job_id!r}")
-        data = self._read_json(self.root / job_id / "job.json")
+        data = read_status(self.root / job_id / "job.json")
         if data is not None:
             return data
         for rid, path in self._discovered(()):
@@ -187,7 +187,7 @@ class JobStore:
 
     def _discovered(self, jobs) -> list[tuple[str, Path]]:
         """Status files under the watched folders that no job of ours owns."""
-        owned = {str(Path(r["status_file"])) for r in (self._read_json(self.root / j / "job.json") for j in jobs) if r}
+        owned = {str(Path(r["status_file"])) for r in (read_status(self.root / j / "job.json") for j in jobs) if r}
         found, seen = [], set()
         for folder in self.watched:
             if not folder.is_dir():
@@ -199,14 +199,6 @@ class JobStore:
                 seen.add(resolved)
                 found.append(("run-" + hashlib.sha1(resolved.encode()).hexdigest()[:10], Path(resolved)))
         return found
-
-    @staticmethod
-    def _read_json(path: Path) -> dict | None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
 
     @staticmethod
     def _write_record(job_dir: Path, record: dict) -> None:

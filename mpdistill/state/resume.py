@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import CheckpointManager, backup_file
-from .fingerprint import JobCheck, check_job, config_fingerprint, record_job  # noqa: F401 (api reads it here)
+from .fingerprint import JobCheck, check_job, record_job
 from .legacy import Lookup, adopt_checkpoint, check_legacy, check_unrecorded
 from ..errors import CheckpointError, ConfigError, OutputMismatchError
 from ..outputs.scan import Scan, count_lines, scan_file

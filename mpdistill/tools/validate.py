@@ -23,7 +23,8 @@ from ..outputs import identity as rowid
 from ..outputs.identity import is_batch_output
 from ..state.files import atomic_write, copy_aside
 from ..state.lock import OutputLock
-from ..inputs.jsonl import BadRow, Blank, JsonlSource
+from ..inputs.jsonl import JsonlSource
+from ..inputs.rows import BadRow, Blank
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import json
 from mpdistill.batch.collect import Collector
 from mpdistill.batch.pack import meta_line
 from mpdistill.engine.writer import Writer
-from mpdistill.inputs.jsonl import Row
+from mpdistill.inputs.rows import Row
 from mpdistill.report.stats import ModelStats
 from mpdistill.state.batches import BatchEntry
 from mpdistill.state.checkpoint import CheckpointManager

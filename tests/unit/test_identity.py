@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 
-from mpdistill.inputs.jsonl import IdSet, JsonlSource, Row, row_from_object
+from mpdistill.inputs.jsonl import JsonlSource
+
+from mpdistill.inputs.rows import IdSet, Row, row_from_object
 from mpdistill.outputs import identity
 from mpdistill.outputs.batch import error_to_batch_output, to_batch_output
 from mpdistill.outputs.records import bad_row_record
-from mpdistill.inputs.jsonl import BadRow
+from mpdistill.inputs.rows import BadRow
 
 
 def test_explicit_id_never_collides_with_a_line_number():

@@ -14,7 +14,7 @@ from mpdistill.engine.worker import Task, WorkerSpec, execute, prepare
 from mpdistill.errors import CallTimeoutError, ImageError, from_info
 from mpdistill.inputs.imagefile import ImagePolicy, read_image_file
 from mpdistill.inputs.images import build_messages, encode_image
-from mpdistill.inputs.jsonl import row_from_object
+from mpdistill.inputs.rows import row_from_object
 
 
 def png(path, size=(8, 8), color=(10, 200, 10)):

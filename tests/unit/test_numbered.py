@@ -7,7 +7,7 @@ import pytest
 
 from mpdistill.errors import ConfigError, InputFileError
 from mpdistill.inputs.numbered import FilePattern, NumberedSource, fill_template
-from mpdistill.inputs.jsonl import IDLE, BadRow, Blank, Row
+from mpdistill.inputs.rows import IDLE, BadRow, Blank, Row
 
 WALL0 = 1_700_000_000.0
 

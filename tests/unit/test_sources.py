@@ -8,7 +8,8 @@ import os
 import pytest
 
 from mpdistill.errors import InputFileError
-from mpdistill.inputs.jsonl import IDLE, BadRow, Blank, Idle, JsonlSource, Row
+from mpdistill.inputs.jsonl import JsonlSource
+from mpdistill.inputs.rows import IDLE, BadRow, Blank, Idle, Row
 
 
 def line(rid: str, prompt: str = "hi") -> bytes:
@@ -179,7 +180,8 @@ def test_follow_stops_when_the_file_is_removed(tmp_path, caplog):
 
 def test_done_below_skips_lines_in_bulk_and_keeps_numbering(tmp_path):
     """Lines below the watermark are passed over by counting; the next row has the right key and offset."""
-    from mpdistill.inputs.jsonl import JsonlSource, Row
+    from mpdistill.inputs.jsonl import JsonlSource
+    from mpdistill.inputs.rows import Row
     path = tmp_path / "in.jsonl"
     lines = [json.dumps({"id": f"r{i}", "prompt": f"p{i}"}) + "\n" for i in range(1, 3001)]
     path.write_text("".join(lines))
@@ -192,7 +194,7 @@ def test_done_below_skips_lines_in_bulk_and_keeps_numbering(tmp_path):
 
 def test_python_rows_share_the_file_rules():
     """Rows from Python get position keys, skip done ones, and bad or duplicate rows become BadRows."""
-    from mpdistill.inputs.jsonl import BadRow, Row, python_rows
+    from mpdistill.inputs.rows import BadRow, Row, python_rows
     rows = [{"id": "a", "prompt": "x"}, {"id": "b"}, {"id": "a", "prompt": "again"}, "not a dict",
             {"prompt": "no id"}]
     out = list(python_rows(rows, is_done=lambda key: key == 1))

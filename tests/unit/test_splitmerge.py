@@ -8,7 +8,8 @@ import pytest
 
 from mpdistill.errors import ConfigError
 from mpdistill.outputs.batch import to_batch_output
-from mpdistill.inputs.jsonl import BadRow, Blank, JsonlSource, row_from_object
+from mpdistill.inputs.jsonl import JsonlSource
+from mpdistill.inputs.rows import BadRow, Blank, row_from_object
 from mpdistill.outputs.identity import id_fields, line_key
 from mpdistill.cli.tools import merge_command, split_command
 from mpdistill.tools.merge import merge_dir
