@@ -2,7 +2,7 @@
 
     OUTDIR/job.json                     written once by `submit`, read by every shard and command
     OUTDIR/shards/00007/results.jsonl   shard 7's output part (+ .errors.jsonl, .summary.json)
-    OUTDIR/shards/00007/shard_checkpoint.pkl, shard_status.json, logs/
+    OUTDIR/shards/00007/<output name>-<hash>_checkpoint.pkl, shard_status.json, logs/
     OUTDIR/shards/00007/DONE            completion marker (counts inside); FAILED when it gave up
 
 This module is the one owner of those paths.

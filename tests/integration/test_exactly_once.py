@@ -227,9 +227,9 @@ def test_checkpoint_clear_respects_a_running_run(tmp_path):
     import subprocess
     import sys
     from tests.conftest import ROOT, clean_env
-    with MockServer(latency_ms=50) as server:
+    with MockServer(latency_ms=100) as server:
         wd = Workdir(tmp_path, server.url)
-        write_jsonl(wd.input, _rows(60))
+        write_jsonl(wd.input, _rows(400))   # about 20 s of work: still running when `clear` comes
         proc = wd.popen("--checkpoint-interval", "2", processes=2)
         try:
             assert wait_for(lambda: list(wd.checkpoints.glob("*_checkpoint.pkl")), 30, proc)

@@ -38,20 +38,28 @@ class _Server(socketserver.ThreadingTCPServer):
 
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
+        """Serve requests on one keep-alive connection until the client closes it (a server that
+        closed after one answer would race the client's reuse of the connection)."""
+        try:
+            while self._one_request() and not getattr(self, "closing", False):
+                pass
+        except OSError:
+            pass  # the client reset the connection (deadline, cap): that is what the test wanted
+
+    def _one_request(self) -> bool:
         """Read one request (head and body), record its path, then let the test's reply write."""
         head = b""
         while not head.endswith(b"\r\n\r\n"):
             line = self.rfile.readline()
             if not line:
-                return
+                return False
             head += line
         length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
         self.rfile.read(length)
         self.server.requests.append(head.split(b" ")[1].decode())
-        try:
-            self.server.reply(self)
-        except OSError:
-            pass  # the client gave up (deadline, cap): that is what the test wanted
+        self.server.reply(self)
+        self.wfile.flush()
+        return True
 
 
 @pytest.fixture
@@ -114,6 +122,7 @@ def test_a_call_within_its_deadline_is_untouched(serve):
 def _big(declared: bool):
     def reply(handler) -> None:
         body = b'{"choices": [{"message": {"content": "' + b"x" * (3 << 20) + b'"}}]}'
+        handler.closing = True
         handler.wfile.write(_head(length=len(body) if declared else None, extra="Connection: close\r\n"))
         handler.wfile.write(body)
     return reply
