@@ -118,3 +118,18 @@ def mock_server():
 def workdir(tmp_path, mock_server):
     """A project directory whose runs talk to `mock_server`."""
     return Workdir(tmp_path, mock_server.url)
+
+
+def run_until_disk_full(workdir) -> subprocess.CompletedProcess:
+    """Run 200 rows with a 30 kB file-size limit standing in for a full disk (EFBIG, not SIGXFSZ)."""
+    import resource
+    import signal
+    write_jsonl(workdir.input, [{"id": f"r{i}", "prompt": "x" * 300 + str(i)} for i in range(200)])
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    cmd = [sys.executable, "-m", "mpdistill", *workdir.args(processes=4)]
+    return subprocess.run(cmd, cwd=workdir.root, env=clean_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit_file_size)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mpdistill.mock.server import MockServer
-from tests.conftest import MODES, ROOT, Workdir, clean_env, line_count, wait_for, write_jsonl
+from tests.conftest import MODES, ROOT, Workdir, clean_env, line_count, run_until_disk_full, wait_for, write_jsonl
 
 N_ROWS = 400
 
@@ -190,16 +190,7 @@ def test_disk_full_stops_cleanly_and_rerun_completes(workdir, mode):
     """A write that fails (file size limit as a stand-in for a full disk) stops the run with exit 75,
     every line on disk whole; the rerun completes every row exactly once."""
     workdir.mode = mode
-    import resource
-    write_jsonl(workdir.input, [{"id": f"r{i}", "prompt": "x" * 300 + str(i)} for i in range(200)])
-
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
-        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
-
-    cmd = [sys.executable, "-m", "mpdistill", *workdir.args(processes=4)]
-    proc = subprocess.run(cmd, cwd=workdir.root, env=clean_env(), capture_output=True, text=True,
-                          timeout=120, preexec_fn=limit_file_size)
+    proc = run_until_disk_full(workdir)
     assert proc.returncode == 75, proc.stderr
     assert "cannot write" in proc.stderr
     lines = workdir.output.read_bytes()

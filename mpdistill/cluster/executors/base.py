@@ -5,6 +5,7 @@ An executor only implements `launch(indices)` (start or submit those shards) and
 """
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ def executor_for(name: str, job: Job, options: ExecOptions) -> "Executor":
     return module.EXECUTOR(job, options)
 
 
-class Executor:
+class Executor(abc.ABC):
     """Start the shards of `job` that are not done; optionally wait and return a run-like exit code."""
 
     name = "base"
@@ -90,12 +91,13 @@ class Executor:
         self.wait(record)
         return exit_code(self.job)
 
+    @abc.abstractmethod
     def launch(self, indices: list[int], announce) -> dict:
-        raise NotImplementedError
+        """Start or submit the shards `indices`; return what `alive` needs to find them again."""
 
+    @abc.abstractmethod
     def alive(self, record: dict) -> bool:
         """True while the submission still has shards queued or running."""
-        raise NotImplementedError
 
     def wait(self, record: dict) -> None:
         while self.alive(record) and self.pending():
