@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..provider import chat, client
+from ..provider import chat
+from ..provider.http import DEFAULT_MAX_RESPONSE_BYTES
 from ..provider.pools import ClientSet
 from ..provider.answer import Completion
 from ..inputs import images
@@ -35,7 +36,7 @@ class WorkerSpec:
     mode: str = "process"   # process | thread | async (see engine.modes)
     image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
     max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
-    max_response_bytes: int | None = client.DEFAULT_MAX_RESPONSE_BYTES
+    max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def image_policy(self) -> images.ImagePolicy:

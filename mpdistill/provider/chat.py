@@ -1,12 +1,12 @@
-"""The hot path: one POST /chat/completions on the HTTP client the SDK client was built on.
+"""The hot path: one POST /chat/completions, as the openai SDK sends it, on an httpx client.
 
-The SDK's request machinery (typed options, URL and header merging, its auth wrapper, response
-objects) costs ~0.2 ms of CPU a call in a thread and ~1 ms in an event loop, more than the rest of
-the call. It adds nothing for a plain JSON POST whose body mpdistill reads itself (see `answer`),
-so a `ChatClient` takes from the SDK client what the SDK would send (base URL, its default headers,
-the bearer key) once, and each call is a single httpx request through the guarded transport
-(deadline, size cap, same-origin redirects: see `transport`). The SDK client stays the one way to
-make clients, and serves the Files and Batches calls (see `batch.calls`).
+Measured against nginx on this project's 2-core machine, the SDK's request machinery (typed
+options, URL and header merging, its auth wrapper, response objects) cost 0.3 ms of CPU a call in
+a thread and 1.1 ms in an event loop, more than the rest of the call, and importing the SDK costs
+most of a second of every run's start-up. For a plain JSON POST whose body mpdistill reads itself
+(see `answer`) it adds nothing, so a call here is one httpx request with the SDK's headers (JSON,
+bearer key) through the guarded transport (deadline, size cap, same-origin redirects: see
+`transport`), and the SDK serves batch mode's Files and Batches calls (see `client`).
 """
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ import json
 from dataclasses import dataclass
 
 import httpx2
-import openai
 
 from .answer import Completion, finish
-from .client import NO_KEY, error_for_status, http_client, interesting_headers, redact_key, sdk_client
 from .endpoint import Endpoint
+from .http import http_client
+from .status import MAX_DETAIL, NO_KEY, error_for_status, interesting_headers, redact_key
 from .transport import deadline, redacted
 from ..errors import CallError, CallTimeoutError, ConnectError, MpdistillError
+from .. import __version__
 
-_MAX_DETAIL = 500
+USER_AGENT = f"mpdistill/{__version__}"
 # chat.completions.create's own keyword arguments, as `request` may carry them (see `_build`).
 _OPTIONS = frozenset({"extra_body", "extra_headers", "extra_query", "timeout"})
 
@@ -46,18 +47,18 @@ class ChatClient:
 
 def chat_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
                 max_response_bytes: int | None = None, *, asynchronous: bool = False) -> ChatClient:
-    """The ChatClient of `endpoint` (an async one for an event loop), built through the SDK."""
+    """The ChatClient of `endpoint` (an async one for an event loop); see `http.http_client`."""
     http = http_client(timeout, connections, max_response_bytes, asynchronous=asynchronous)
-    return from_sdk(sdk_client(endpoint, timeout, http), http)
+    return on_http(endpoint, http)
 
 
-def from_sdk(sdk: openai.OpenAI | openai.AsyncOpenAI, http: httpx2.Client | httpx2.AsyncClient) -> ChatClient:
-    """A ChatClient sending on `http` (the client `sdk` was built on) what `sdk` would send: its base
-    URL, its default headers and the bearer key."""
-    headers = {name: value for name, value in sdk.default_headers.items() if isinstance(value, str)}
-    key = sdk.api_key or NO_KEY
-    headers["Authorization"] = f"Bearer {key}"
-    return ChatClient(http, f"{sdk.base_url}chat/completions", headers, key)
+def on_http(endpoint: Endpoint, http: httpx2.Client | httpx2.AsyncClient) -> ChatClient:
+    """A ChatClient of `endpoint` sending on `http`: the SDK's URL and headers, the bearer key
+    (a placeholder for keyless servers, as the SDK sends)."""
+    key = endpoint.api_key or NO_KEY
+    headers = {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": USER_AGENT,
+               "Authorization": f"Bearer {key}"}
+    return ChatClient(http, endpoint.base_url.rstrip("/") + "/chat/completions", headers, key)
 
 
 def complete(api: ChatClient, request: dict, timeout: float | None = None) -> Completion:
@@ -112,7 +113,7 @@ def _detail(response: httpx2.Response, api_key: str) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message.strip():
         message = response.content.decode("utf-8", "replace").strip() or response.reason_phrase
-    return redact_key(f"HTTP {response.status_code}: {message}"[:_MAX_DETAIL], api_key)
+    return redact_key(f"HTTP {response.status_code}: {message}"[:MAX_DETAIL], api_key)
 
 
 def _transport_error(err: httpx2.HTTPError, api: ChatClient, timeout: float | None) -> MpdistillError:
@@ -123,7 +124,7 @@ def _transport_error(err: httpx2.HTTPError, api: ChatClient, timeout: float | No
         return CallTimeoutError(f"no complete answer within {limit} from {where}")
     if isinstance(err, httpx2.TransportError):
         return ConnectError(redact_key(f"cannot connect to {where}: {err}", api.api_key))
-    return CallError(redact_key(f"{type(err).__name__}: {err}"[:_MAX_DETAIL], api.api_key))
+    return CallError(redact_key(f"{type(err).__name__}: {err}"[:MAX_DETAIL], api.api_key))
 
 
 def _has_request(err: httpx2.HTTPError) -> bool:
@@ -143,9 +144,8 @@ class _NoNetwork(httpx2.BaseTransport):
 def warm_up() -> None:
     """Run the request path once, offline, before workers fork: what it imports and caches on
     first use is then inherited by every forked worker instead of costing each its own."""
-    http = openai.DefaultHttpxClient(transport=_NoNetwork())
-    sdk = openai.OpenAI(api_key=NO_KEY, base_url="http://127.0.0.1/v1", max_retries=0, http_client=http)
+    endpoint = Endpoint(name="warm-up", base_url="http://127.0.0.1/v1")
     try:
-        complete(from_sdk(sdk, http), {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
+        complete(on_http(endpoint, httpx2.Client(transport=_NoNetwork())), {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
     except ConnectError:
         pass  # expected: the transport refuses; only the code paths on the way mattered

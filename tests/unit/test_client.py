@@ -11,7 +11,7 @@ import pytest
 from mpdistill import errors
 from mpdistill.provider.answer import Completion, split_reasoning
 from mpdistill.provider.chat import chat_client, complete
-from mpdistill.provider.client import error_for_status
+from mpdistill.provider.status import error_for_status
 from mpdistill.provider.endpoint import Endpoint
 
 KEY = "sk-test-0001"
