@@ -3,7 +3,7 @@
 httpcore's connection pool walks every one of its connections each time a request starts or
 ends, so the cost of one request grows with the pool: at 1,024 connections in one pool that walk
 costs more CPU than the rest of the call, and an async worker meant to hold 1,024 requests in
-flight tops out at a fifth of that. Split over clients of at most POOL_CONNECTIONS connections
+flight topped out at a fifth of that; even at 64 connections the walk is a fifth of the call. Split over clients of at most POOL_CONNECTIONS connections
 each, with every call on the least busy one, the walk stays short at any `-c`.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import threading
 from typing import Any, Callable, Iterator
 
-POOL_CONNECTIONS = 64
+POOL_CONNECTIONS = 16   # measured: 0.7 against 0.9 ms of CPU a call at 64, 256 calls in flight in one loop
 
 
 def pool_sizes(concurrency: int) -> list[int]:
