@@ -1,4 +1,4 @@
-"""Fixtures of the cluster tests: a fast mock server, a 2,000-row input, and the real engines.
+"""Fixtures of the cluster tests: a fast mock server, a 1,000-row input, and the real engines.
 
 Slurm and Ray are started once per session (see `engines`); without them the tests skip, except
 when CI=true, where a missing engine is a failure.
@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import clean_env
 from .engines import Ray, Slurm
 
-ROWS = 2000
+ROWS = 1000   # 250 rows a shard of 4: a few seconds each, long enough to be killed mid-run
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -30,7 +30,7 @@ def missing_engine(what: str):
 
 @pytest.fixture(scope="module")
 def fast_server():
-    """A mock endpoint with some latency: at -p 2 -c 2 a 500-row shard runs ~5 s, long enough to be killed mid-run."""
+    """A mock endpoint with some latency: at -p 2 -c 2 a 250-row shard runs ~2.5 s, long enough to be killed mid-run."""
     from mpdistill.mock.server import MockServer
     with MockServer(latency_ms=40) as server:
         yield server
@@ -38,7 +38,7 @@ def fast_server():
 
 @pytest.fixture
 def job_input(tmp_path) -> Path:
-    """2,000 rows: most with an explicit id, some known only by their line number."""
+    """1,000 rows: most with an explicit id, some known only by their line number."""
     path = tmp_path / "input.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for i in range(1, ROWS + 1):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.conftest import wait_for
-from .conftest import cli, cluster_env, expected_ids, merged_ids, submit_args
+from .conftest import ROWS, cli, cluster_env, expected_ids, merged_ids, submit_args
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -32,5 +32,5 @@ def test_local_job_with_a_killed_shard_resumes_exactly_once(tmp_path, job_input,
     assert again.returncode == 0, again.stderr
     assert merged_ids(outdir) == expected_ids()
     status = json.loads(cli("status", str(outdir), "--json").stdout)
-    assert status["states"]["done"] == 4 and status["done"] == 2000
+    assert status["states"]["done"] == 4 and status["done"] == ROWS
     assert "sk-test-cluster" not in (outdir / "job.json").read_text()

@@ -19,7 +19,7 @@ def _env(slurm) -> dict:
     return cluster_env(SLURM_CONF=str(slurm.conf))
 
 
-def _pid_when_busy(outdir, index: int, proc=None, rows: int = 100) -> int:
+def _pid_when_busy(outdir, index: int, proc=None, rows: int = 50) -> int:
     """The pid of shard `index`'s manager once it has written `rows` rows."""
     status = outdir / "shards" / f"{index:05d}" / "shard_status.json"
     part = outdir / "shards" / f"{index:05d}" / "results.jsonl"
