@@ -17,7 +17,8 @@ import openai
 
 from .answer import Completion, finish
 from .endpoint import Endpoint
-from .transport import AsyncGuardedTransport, GuardedTransport, deadline, guarded_mounts, redacted
+from .transport import (AsyncGuardedTransport, GuardedTransport, ReplayNetwork, deadline, guarded_mounts,
+                        redacted)
 from ..errors import (AuthError, BadResponseError, CallError, CallTimeoutError, ConnectError,
                       MpdistillError, RateLimitError, RejectedError, ServerError)
 from ..engine.retry import parse_retry_after
@@ -67,28 +68,30 @@ def _limits(connections: int | None) -> httpx2.Limits:
     return httpx2.Limits(max_connections=max(connections, 10), max_keepalive_connections=max(connections, 10))
 
 
-class _NoNetwork:
-    """An HTTP transport that refuses every request, so `warm_up` never sends anything."""
+# What the network of `offline_client` answers every request with.
+_CANNED_BODY = (b'{"id":"chatcmpl-offline","object":"chat.completion","created":0,"model":"offline",'
+                b'"choices":[{"index":0,"message":{"role":"assistant","content":"offline"},"finish_reason":"stop"}],'
+                b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}')
+_CANNED_HEAD = (b"HTTP/1.1 200 OK\r\nServer: offline\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+                b"Content-Type: application/json\r\nConnection: keep-alive\r\nx-ratelimit-remaining-requests: 1\r\n")
+# Both ways a server frames a body (vLLM and OpenAI send a length, nginx modules often chunk).
+_CANNED_RESPONSES = (_CANNED_HEAD + b"Content-Length: %d\r\n\r\n" % len(_CANNED_BODY) + _CANNED_BODY,
+                     _CANNED_HEAD + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(_CANNED_BODY)
+                     + _CANNED_BODY + b"\r\n0\r\n\r\n")
 
-    def handle_request(self, request):
-        raise ConnectionRefusedError("warm-up request: never sent")
 
-    def close(self) -> None:
-        pass
+def offline_client() -> openai.OpenAI:
+    """An SDK client built like `make_client`'s whose network answers every call in-process with
+    a canned completion (`transport.ReplayNetwork`): the whole request path runs, nothing is sent.
 
-
-def warm_up() -> None:
-    """Run the SDK's request path once, offline, before workers fork.
-
-    The SDK imports its chat resources and builds its type caches on first use; done once in the
-    manager, every forked worker inherits them instead of paying ~100 ms of CPU each.
+    For warming that path up before workers fork (see `engine.worker.preload`). No proxy mounts:
+    a proxy from the environment must not see the warm-up either.
     """
-    sdk = openai.OpenAI(api_key=NO_KEY, base_url="http://127.0.0.1/v1", max_retries=0,
-                        http_client=openai.DefaultHttpxClient(transport=_NoNetwork()))
-    try:
-        post_chat(sdk, {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
-    except (OSError, openai.APIError):
-        pass  # expected: the transport refuses; only the code paths on the way mattered
+    transport = GuardedTransport(DEFAULT_MAX_RESPONSE_BYTES, network=ReplayNetwork(*_CANNED_RESPONSES),
+                                 limits=_limits(1))
+    http = openai.DefaultHttpxClient(transport=transport, timeout=5.0)
+    return openai.OpenAI(api_key=NO_KEY, base_url="http://127.0.0.1/v1", timeout=5.0, max_retries=0,
+                         http_client=http)
 
 
 def complete(client: openai.OpenAI, request: dict, timeout: float | None = None) -> Completion:
