@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..provider import client
+from ..provider import chat
+from ..provider.http import DEFAULT_MAX_RESPONSE_BYTES
+from ..provider.pools import ClientSet
 from ..provider.answer import Completion
 from ..inputs import images
 from ..provider.endpoint import Endpoint
@@ -34,7 +36,7 @@ class WorkerSpec:
     mode: str = "process"   # process | thread | async (see engine.modes)
     image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
     max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
-    max_response_bytes: int | None = client.DEFAULT_MAX_RESPONSE_BYTES
+    max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def image_policy(self) -> images.ImagePolicy:
@@ -67,7 +69,7 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
         left = spec.timeout - (time.monotonic() - start)   # reading images counts in the deadline
-        completion = client.complete(api, request, timeout=left)
+        completion = chat.complete(api, request, timeout=left)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
@@ -90,12 +92,13 @@ def prepare(request: dict, spec: WorkerSpec, deadline: float | None = None) -> d
 
 
 class _Clients:
-    """One SDK client per endpoint, made on first use (connection pools are per process)."""
+    """The SDK clients of every endpoint (a `ClientSet` each), made on first use (connection
+    pools are per process)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self._spec = spec
         self._by_name = {e.name: e for e in spec.endpoints}
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, ClientSet] = {}
         self._lock = threading.Lock()
 
     def make_all(self) -> _Clients:
@@ -104,34 +107,24 @@ class _Clients:
             self.get(name)
         return self
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> ClientSet:
         with self._lock:
             if name not in self._clients:
-                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout,
-                                                         connections=self._spec.concurrency,
-                                                         max_response_bytes=self._spec.max_response_bytes)
+                endpoint, spec = self._by_name[name], self._spec
+                self._clients[name] = ClientSet(
+                    lambda size: chat.chat_client(endpoint, spec.timeout, connections=size,
+                                                  max_response_bytes=spec.max_response_bytes),
+                    spec.concurrency)
             return self._clients[name]
 
 
-# CPython 3.11 specializes a function's bytecode in place over its first 8 calls: warm past that.
-WARM_UP_CALLS = 10
-
-
 def preload(spec: WorkerSpec) -> _Clients:
-    """The request path warmed up and every endpoint's client made, for workers to inherit by fork.
+    """The SDK warmed up and every endpoint's client made, for workers to inherit by fork.
 
-    What a process does first is what costs: the SDK builds type caches on first use (~100 ms of
-    CPU), and CPython 3.11 rewrites the bytecode of each function it runs over its first calls,
-    which in a forked worker copies every page of that code (~1.3 MB a worker). Done here, offline
-    (`client.offline_client`: nothing is sent), every worker inherits warm, shared pages instead.
+    Made once in the manager, they cost nothing per worker; made in each worker (SDK imports,
+    TLS trust store, type caches) they cost ~100 ms of CPU each, which 64 workers feel at start.
     """
-    warm = client.offline_client()
-    task = Task(0, "warm-up", {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
-    try:
-        for _ in range(WARM_UP_CALLS):
-            pickle.dumps(execute(pickle.loads(pickle.dumps(task)), warm, spec), protocol=pickle.HIGHEST_PROTOCOL)
-    finally:
-        warm.close()
+    chat.warm_up()
     return _Clients(spec).make_all()
 
 
@@ -195,7 +188,8 @@ def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
         task = tasks.get()
         if task is None:
             return
-        outcome = execute(task, clients.get(task.endpoint), spec)
+        with clients.get(task.endpoint).lease() as api:
+            outcome = execute(task, api, spec)
         data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             with send_lock:
