@@ -21,6 +21,7 @@ PENDING_POLL_S = 0.005   # while a lease is on its way, the manager looks again 
 GRANT_TTL_S = 1.0        # a grant unused this long past its time goes back (its request slot is spent anyway)
 REPORT_EVERY_S = 0.2     # ok outcomes are sent at least this often (they drive the rate's growth)
 MAX_POLL_S = 0.25        # longest a shard waits before asking again for grants
+RECALL_BELOW = 0.9       # a grant not yet due goes back when its endpoint's rate fell below this × its booking rate
 SNAPSHOT_EVERY_S = 1.0
 
 
@@ -59,7 +60,7 @@ class LeasedPool:
         # a round trip to the service (where the service limits the rate, it grants fewer; see `service`).
         self._low_water = max(1, min(MAX_BATCH, slots))
         self._batch, self._clock = max(GRANT_BATCH, self._low_water), clock
-        self._grants: dict[str, deque] = {}          # model -> (endpoint, reserved, send at), in time order
+        self._grants: dict[str, deque] = {}          # model -> (endpoint, reserved, send at, rpm), in time order
         self._reports: list = []
         self._reported_at = clock()
         self._ask_at: dict[str, float] = {}          # model -> no lease before this time
@@ -114,7 +115,7 @@ class LeasedPool:
         """The model's grants, the stale ones given back first."""
         queue = self._grants.get(model)
         while queue and now - queue[0][2] > GRANT_TTL_S:
-            name, reserved, _ = queue.popleft()
+            name, reserved, *_ = queue.popleft()
             self._reports.append(("return", name, reserved))
         return queue
 
@@ -149,14 +150,31 @@ class LeasedPool:
         service booked it a one-way trip later, so the shard's slots keep the service's spacing,
         not the spacing of the moments this manager happened to collect the answers."""
         self._flags = {k: bool(reply.get(k)) for k in self._flags}
+        rates = reply.get("rates") or {}
+        self._recall(rates, now)
         grants = reply.get("grants") or []
-        self._grants.setdefault(model, deque()).extend((name, est, asked + delay) for name, delay in grants)
+        self._grants.setdefault(model, deque()).extend((name, est, asked + delay, rates.get(name))
+                                                       for name, delay in grants)
         wait = reply.get("wait")
         if wait is None:
             self._none_for.add(model)
         else:
             self._none_for.discard(model)
         self._ask_at[model] = now + (0.0 if grants else min(MAX_POLL_S, max(0.005, wait or 0.0)))
+
+    def _recall(self, rates: dict, now: float) -> None:
+        """Give back the grants not yet due that were booked at a rate a 429 has since cut deeply:
+        sent, most would draw 429s (the opening, when the first cuts come from 3× the real limit)."""
+        for model, queue in self._grants.items():
+            keep = deque()
+            for grant in queue:
+                name, reserved, at, rpm = grant
+                cut = rates.get(name)
+                if at > now and rpm is not None and cut is not None and cut < RECALL_BELOW * rpm:
+                    self._reports.append(("return", name, reserved))
+                else:
+                    keep.append(grant)
+            self._grants[model] = keep
 
     # -- ending a call --------------------------------------------------------------------------
 
@@ -215,7 +233,7 @@ class LeasedPool:
     def close(self) -> None:
         """Give every unused grant back and send what is left to report."""
         for queue in self._grants.values():
-            self._reports.extend(("return", name, reserved) for name, reserved, _ in queue)
+            self._reports.extend(("return", name, reserved) for name, reserved, *_ in queue)
             queue.clear()
         self.flush()
 

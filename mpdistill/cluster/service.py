@@ -58,8 +58,13 @@ class BudgetService:
         grants = self._book(model, est_tokens, min(max(1, count), self._fair_share(now)), now)
         self._grants[shard] += len(grants)
         wait = 0.0 if grants else self._retry_in(model, est_tokens, count, now)
-        return {"grants": grants, "wait": wait, "down": self._pool.all_down(),
+        return {"grants": grants, "wait": wait, "rates": self._rates(), "down": self._pool.all_down(),
                 "unavailable": self._pool.all_unavailable(), "disabled": self._pool.all_disabled(model)}
+
+    def _rates(self) -> dict:
+        """Every endpoint's request rate now (rpm; None: unlimited), so shards can drop grants booked
+        at a rate a 429 has since cut deeply."""
+        return {row["name"]: row["current_rpm"] for row in self._pool.snapshot()}
 
     def _book(self, model: str, est_tokens: int, count: int, now: float) -> list:
         """The next `count` slots of the pool's schedule within AHEAD_S: [name, delay] pairs."""

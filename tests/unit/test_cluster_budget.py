@@ -149,3 +149,30 @@ def test_shards_share_the_slots_ahead():
     a = service.lease(1, "m", 1, 64, [])["grants"]
     b = service.lease(2, "m", 1, 64, [])["grants"]
     assert a and b and len(a) < 64
+
+
+class Scripted:
+    """A service that answers leases from a script and records the reports it is sent."""
+
+    def __init__(self, replies) -> None:
+        self.replies, self.reports = list(replies), []
+
+    def lease(self, shard, model, est, count, reports):
+        self.reports += reports
+        return self.replies.pop(0)
+
+    def report(self, shard, reports):
+        self.reports += reports
+
+
+def test_grants_booked_before_a_deep_cut_go_back():
+    """Grants not yet due, booked at a rate a 429 has since cut below 0.9×, are returned, not sent."""
+    clock = Clock()
+    booked = {"grants": [["api", 0.0], ["api", 0.1], ["api", 0.2]], "wait": 0.0, "rates": {"api": 600.0}}
+    cut = {"grants": [], "wait": 0.1, "rates": {"api": 300.0}}
+    service = Scripted([booked, cut])
+    pool = LeasedPool(service, 0, fallback=lambda learned: None, slots=8, clock=clock)
+    assert pool.acquire("m", 1) == "api"          # the first is due; asking again brings the cut
+    assert pool.acquire("m", 1) is None
+    pool.flush()
+    assert [r[0] for r in service.reports] == ["return", "return"]
