@@ -1,6 +1,6 @@
 """The Files and Batches calls of batch mode through the openai SDK, mapped onto mpdistill's errors.
 
-Each function is one provider call; the status-to-class mapping is `client.error_for_status`.
+Each function is one provider call; the status-to-class mapping is `status.error_for_status`.
 """
 from __future__ import annotations
 

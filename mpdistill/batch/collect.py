@@ -15,7 +15,7 @@ from ..errors import RejectedError, TransientError
 from ..engine import retry
 from ..outputs import records
 from ..provider.answer import completion_from_body, wants_json, with_extracted
-from ..provider.client import error_for_status
+from ..provider.status import error_for_status
 from ..state.batches import BatchEntry
 from . import crash
 from .pack import key_of, row_of

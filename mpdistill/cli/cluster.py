@@ -24,11 +24,13 @@ _EXEC_FIELDS = ("shards", "executor", "wait", "parallel", "budget_share", "parti
 
 def claims(argv: list[str]) -> bool:
     """True when the command line is a cluster command (status/merge of a folder that holds a job.json)."""
-    from ..cluster.job import is_job_dir
     if argv[0] in COMMANDS:
         return True
     rest = [a for a in argv[1:] if not a.startswith("-")]
-    return argv[0] in ("status", "merge") and bool(rest) and is_job_dir(rest[0])
+    if argv[0] not in ("status", "merge") or not rest:
+        return False
+    from ..cluster.job import is_job_dir   # only here: the cluster package imports the whole engine
+    return is_job_dir(rest[0])
 
 
 def main(argv: list[str], prog: str = "mpdistill") -> int:

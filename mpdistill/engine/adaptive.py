@@ -16,7 +16,10 @@ from .ratelimit import RECENT_S, Bucket, Meter
 logger = logging.getLogger(__name__)
 
 MIN_RPM = 1.0            # AIMD floor
-DECREASE = 0.7           # the deepest cut one 429 makes
+DECREASE = 0.7           # the deepest cut one 429 makes when the admitted rate is known
+# Before a second of traffic says what the server admits (a run's first 429s), halve: one step ×0.7 at a time
+# from a limit set 3× too high takes four 429s to get under it, halving takes two.
+BLIND_DECREASE = 0.5
 # A 429 far from the last failing rate cuts to just under the rate the server admitted (2xx) in the last
 # second: one cut reaches a bursty limiter's limit, where ×0.7 steps overshoot below it. A strict limiter
 # admits only a fraction of an uneven or too fast stream, so the cut never goes below ×DECREASE.
@@ -69,15 +72,18 @@ class AdaptiveRate:
         """Cut once per burst of 429s; `since` is when the traffic measured for the cut began."""
         sent = max(MIN_RPM, self.sent.rpm(now), self.sent.recent_rpm(now, since))  # the minute lags a ramp
         before = sent if self.current is None else min(self.current, sent)
-        # Over less than a second the server's burst allowance inflates the admitted rate: cut by DECREASE then.
-        admitted = self.oks.recent_rpm(now, since) if now - since >= RECENT_S else 0.0
+        # Over less than a second the server's burst allowance inflates the admitted rate: halve then.
+        measured = now - since >= RECENT_S
+        admitted = self.oks.recent_rpm(now, since) if measured else 0.0
         near = (self.w_max is not None and self.current is not None and sent >= 0.9 * self.current
                 and NEAR_LOW * self.w_max <= self.current <= NEAR_HIGH * self.w_max)
         if near:
             before = self.current
             rpm = before * GENTLE
-        else:
+        elif measured:
             rpm = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
+        else:
+            rpm = before * BLIND_DECREASE
         self.w_max = before
         self.cut_at = now
         self._set(max(MIN_RPM, rpm), now)

@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from ..errors import MpdistillError, to_info
-from ..provider import client
+from ..provider import chat
+from ..provider.pools import ClientSet
 from .worker import Outcome, Task, WorkerSpec, prepare, serve_signals, surprise
 
 
@@ -27,7 +28,7 @@ async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
-        completion = await client.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start))
+        completion = await chat.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start))
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
@@ -42,17 +43,19 @@ class _AsyncWorker:
         self.conn = conn
         self.spec = spec
         self.endpoints = {e.name: e for e in spec.endpoints}
-        self.clients: dict[str, Any] = {}
+        self.clients: dict[str, ClientSet] = {}
         self.running: set[asyncio.Task] = set()
         self.stopped: asyncio.Future | None = None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sender = threading.Thread(target=self._send_all, daemon=True)
 
-    def client_for(self, name: str) -> Any:
+    def clients_for(self, name: str) -> ClientSet:
         if name not in self.clients:
-            self.clients[name] = client.make_async_client(self.endpoints[name], self.spec.timeout,
-                                                          connections=self.spec.concurrency,
-                                                          max_response_bytes=self.spec.max_response_bytes)
+            endpoint, spec = self.endpoints[name], self.spec
+            self.clients[name] = ClientSet(
+                lambda size: chat.chat_client(endpoint, spec.timeout, connections=size,
+                                              max_response_bytes=spec.max_response_bytes, asynchronous=True),
+                spec.concurrency)
         return self.clients[name]
 
     def on_readable(self) -> None:
@@ -70,11 +73,12 @@ class _AsyncWorker:
 
     async def call(self, task: Task) -> None:
         try:
-            api = self.client_for(task.endpoint)
+            clients = self.clients_for(task.endpoint)
         except Exception as err:  # an SDK surprise: report it, or the task would never come back
             outcome = surprise(task.tid, err, time.monotonic())
         else:
-            outcome = await aexecute(task, api, self.spec)
+            with clients.lease() as api:
+                outcome = await aexecute(task, api, self.spec)
         self.outbox.put(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
 
     def _send_all(self) -> None:
@@ -105,8 +109,9 @@ class _AsyncWorker:
             await asyncio.gather(*self.running, return_exceptions=True)
         self.outbox.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self.sender.join)
-        for api in self.clients.values():
-            await api.close()
+        for clients in self.clients.values():
+            for api in clients.clients:
+                await api.aclose()
 
 
 def async_worker_main(conn, spec: WorkerSpec, clients=None) -> None:

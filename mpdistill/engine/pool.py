@@ -94,6 +94,11 @@ class WorkerPool:
                 pass  # never registered, or its fd is already closed
 
     @property
+    def started(self) -> int:
+        """Workers started so far (the pool grows on demand, up to `processes`)."""
+        return len(self._workers)
+
+    @property
     def capacity(self) -> int:
         return self.processes * self.spec.concurrency
 

@@ -67,6 +67,7 @@ class Runner:
         self._started = time.monotonic()
         self._meter = Meter(start=self._started)
         self._status_at = 0.0
+        self._forked = False                  # the last dispatch stopped early, after starting a worker
         self.started_at = time.time()
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -163,6 +164,8 @@ class Runner:
 
     def _wait_for(self, now: float) -> float:
         """How long the loop may sleep: until the next retry timer, budget refill or status tick."""
+        if self._forked:
+            return 0.0   # dispatch paused after starting a worker: only read what came back meanwhile
         wake = [STATUS_EVERY_S, 0.5]
         due = self.backlog.next_due()
         if due is not None:
@@ -176,6 +179,9 @@ class Runner:
     # ---- dispatch ---------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Fill free slots while the key pool allows. Starting a worker (a fork, milliseconds) ends the
+        round, so outcomes are read between forks: a 429 slows the rate at once, not after 64 forks."""
+        self._forked = False
         while self.pool.free_slots() > 0:
             item = self._next_item()
             if item is None:
@@ -193,7 +199,11 @@ class Runner:
             tid = next(self._tids)
             job = self.jobs[item.job]
             request = build_request(job.model, job.params, job.system, item.row.request)
+            started = self.pool.started
             self.pool.submit(Task(tid, endpoint, request), Flight(tid, item, endpoint, est))
+            if self.pool.started != started:
+                self._forked = True
+                return
 
     def _next_item(self) -> Item | None:
         item = self.backlog.pop()

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..provider import client
+from ..provider import chat
+from ..provider.http import DEFAULT_MAX_RESPONSE_BYTES
+from ..provider.pools import ClientSet
 from ..provider.answer import Completion
 from ..inputs import images
 from ..provider.endpoint import Endpoint
@@ -34,7 +36,7 @@ class WorkerSpec:
     mode: str = "process"   # process | thread | async (see engine.modes)
     image_roots: tuple[str, ...] = ()                    # --image-root: more folders images may come from
     max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES
-    max_response_bytes: int | None = client.DEFAULT_MAX_RESPONSE_BYTES
+    max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def image_policy(self) -> images.ImagePolicy:
@@ -67,7 +69,7 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
         left = spec.timeout - (time.monotonic() - start)   # reading images counts in the deadline
-        completion = client.complete(api, request, timeout=left)
+        completion = chat.complete(api, request, timeout=left)
         return Outcome(task.tid, completion, None, time.monotonic() - start)
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
@@ -90,12 +92,13 @@ def prepare(request: dict, spec: WorkerSpec, deadline: float | None = None) -> d
 
 
 class _Clients:
-    """One SDK client per endpoint, made on first use (connection pools are per process)."""
+    """The SDK clients of every endpoint (a `ClientSet` each), made on first use (connection
+    pools are per process)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self._spec = spec
         self._by_name = {e.name: e for e in spec.endpoints}
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, ClientSet] = {}
         self._lock = threading.Lock()
 
     def make_all(self) -> _Clients:
@@ -104,12 +107,14 @@ class _Clients:
             self.get(name)
         return self
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> ClientSet:
         with self._lock:
             if name not in self._clients:
-                self._clients[name] = client.make_client(self._by_name[name], self._spec.timeout,
-                                                         connections=self._spec.concurrency,
-                                                         max_response_bytes=self._spec.max_response_bytes)
+                endpoint, spec = self._by_name[name], self._spec
+                self._clients[name] = ClientSet(
+                    lambda size: chat.chat_client(endpoint, spec.timeout, connections=size,
+                                                  max_response_bytes=spec.max_response_bytes),
+                    spec.concurrency)
             return self._clients[name]
 
 
@@ -119,7 +124,7 @@ def preload(spec: WorkerSpec) -> _Clients:
     Made once in the manager, they cost nothing per worker; made in each worker (SDK imports,
     TLS trust store, type caches) they cost ~100 ms of CPU each, which 64 workers feel at start.
     """
-    client.warm_up()
+    chat.warm_up()
     return _Clients(spec).make_all()
 
 
@@ -183,7 +188,8 @@ def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
         task = tasks.get()
         if task is None:
             return
-        outcome = execute(task, clients.get(task.endpoint), spec)
+        with clients.get(task.endpoint).lease() as api:
+            outcome = execute(task, api, spec)
         data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             with send_lock:

@@ -1,38 +1,22 @@
-"""One chat-completion call through the official openai SDK, mapped onto mpdistill's error tree.
+"""The openai SDK's clients for an endpoint (batch mode's Files and Batches calls), and the mapping
+of the SDK's exceptions onto mpdistill's error tree (`call_error`; statuses map in `status`).
 
-The hot path reads the raw JSON body itself (see `answer`) instead of building the SDK's pydantic
-models. `error_for_status` is the one place where an HTTP status becomes an error class and
-`call_error` the one place where an SDK exception does; both serve `complete` and `acomplete`.
-Every call has a total deadline and a size cap, and never follows a redirect to another origin
-(see `transport`).
+The clients are built on `http.http_client`, so they too have a total deadline per call and a
+size cap, and never follow a redirect to another origin (see `transport`). Importing the SDK costs
+most of a second, so only batch mode imports this module; online calls go through `chat`.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Mapping
 
 import httpx2
 import openai
 
-from .answer import Completion, finish
 from .endpoint import Endpoint
-from .transport import AsyncGuardedTransport, GuardedTransport, deadline, guarded_mounts, redacted
-from ..errors import (AuthError, BadResponseError, CallError, CallTimeoutError, ConnectError,
-                      MpdistillError, RateLimitError, RejectedError, ServerError)
-from ..engine.retry import parse_retry_after
-
-# The SDK refuses an empty key; keyless servers (vLLM, llama.cpp, Ollama) ignore whatever we send.
-NO_KEY = "EMPTY"
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-_KEPT_HEADERS = frozenset({"retry-after", "retry-after-ms"})
-_RATELIMIT_PREFIX = "x-ratelimit-"
-_MAX_DETAIL = 500
-# chat.completions.create keyword → the SDK request option it becomes (see post_chat).
-_CREATE_OPTIONS = {"extra_body": "extra_json", "extra_headers": "headers", "extra_query": "params",
-                   "timeout": "timeout"}
-_RAW_RESPONSE = openai.APIResponse[object]   # `post` returns the response unparsed: we read the JSON
-_RAW_ASYNC_RESPONSE = openai.AsyncAPIResponse[object]
+from .http import http_client
+from .status import MAX_DETAIL, NO_KEY, error_for_status, redact_key
+from .transport import redacted
+from ..errors import CallError, CallTimeoutError, ConnectError, MpdistillError
 
 
 def make_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
@@ -43,101 +27,23 @@ def make_client(endpoint: Endpoint, timeout: float, connections: int | None = No
     every in-flight request keeps its connection alive instead of reconnecting. Answers beyond
     `max_response_bytes` fail (None: no cap, e.g. for Batch API file downloads).
     """
-    limits = _limits(connections)
-    http = openai.DefaultHttpxClient(transport=GuardedTransport(max_response_bytes, limits=limits),
-                                     mounts=guarded_mounts(max_response_bytes, limits), timeout=timeout)
-    return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
-                         timeout=timeout, max_retries=0, http_client=http)
+    return sdk_client(endpoint, timeout, http_client(timeout, connections, max_response_bytes))
 
 
-def make_async_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
-                      max_response_bytes: int | None = None) -> openai.AsyncOpenAI:
-    """The asyncio twin of `make_client` (made inside the event loop that will use it)."""
-    limits = _limits(connections)
-    http = openai.DefaultAsyncHttpxClient(transport=AsyncGuardedTransport(max_response_bytes, limits=limits),
-                                          mounts=guarded_mounts(max_response_bytes, limits, asynchronous=True),
-                                          timeout=timeout)
-    return openai.AsyncOpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url,
-                              timeout=timeout, max_retries=0, http_client=http)
-
-
-def _limits(connections: int | None) -> httpx2.Limits:
-    if not connections:
-        return openai.DEFAULT_CONNECTION_LIMITS
-    return httpx2.Limits(max_connections=max(connections, 10), max_keepalive_connections=max(connections, 10))
-
-
-class _NoNetwork:
-    """An HTTP transport that refuses every request, so `warm_up` never sends anything."""
-
-    def handle_request(self, request):
-        raise ConnectionRefusedError("warm-up request: never sent")
-
-    def close(self) -> None:
-        pass
-
-
-def warm_up() -> None:
-    """Run the SDK's request path once, offline, before workers fork.
-
-    The SDK imports its chat resources and builds its type caches on first use; done once in the
-    manager, every forked worker inherits them instead of paying ~100 ms of CPU each.
-    """
-    sdk = openai.OpenAI(api_key=NO_KEY, base_url="http://127.0.0.1/v1", max_retries=0,
-                        http_client=openai.DefaultHttpxClient(transport=_NoNetwork()))
-    try:
-        post_chat(sdk, {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
-    except (OSError, openai.APIError):
-        pass  # expected: the transport refuses; only the code paths on the way mattered
-
-
-def complete(client: openai.OpenAI, request: dict, timeout: float | None = None) -> Completion:
-    """Make one call with the chat.completions kwargs in `request`, all of it (connect to last byte)
-    within `timeout` seconds; raise a CallError on failure."""
-    with sdk_errors(client, timeout), deadline(timeout):
-        raw = post_chat(client, request)
-    return _finish(raw, request)
-
-
-async def acomplete(client: openai.AsyncOpenAI, request: dict, timeout: float | None = None) -> Completion:
-    """`complete` for AsyncOpenAI: the same request, deadline, answer and errors."""
-    try:
-        with sdk_errors(client, timeout):
-            async with asyncio.timeout(timeout):
-                raw = await post_chat(client, request)
-    except TimeoutError as err:
-        raise CallTimeoutError(f"no complete answer within the {timeout:g} s deadline (--timeout)") from err
-    return _finish(raw, request)
+def sdk_client(endpoint: Endpoint, timeout: float, http: httpx2.Client | httpx2.AsyncClient):
+    """The SDK client of `endpoint` on `http` (async when `http` is), with no retries of its own."""
+    kind = openai.AsyncOpenAI if isinstance(http, httpx2.AsyncClient) else openai.OpenAI
+    return kind(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url, timeout=timeout,
+                max_retries=0, http_client=http)
 
 
 @contextlib.contextmanager
 def sdk_errors(client, timeout: float | None = None):
-    """Turn the SDK's exceptions raised inside into mpdistill's errors (sync and async calls alike)."""
+    """Turn the SDK's exceptions raised inside into mpdistill's errors (the Files and Batches calls)."""
     try:
         yield
     except openai.APIError as err:
         raise call_error(err, client.api_key, timeout) from err
-
-
-def _finish(raw, request: dict) -> Completion:
-    http = raw.http_response
-    return finish(http.status_code, http.content, interesting_headers(http.headers), request)
-
-
-def post_chat(client: openai.OpenAI | openai.AsyncOpenAI, request: dict):
-    """POST /chat/completions with the SDK's generic `post`; returns the SDK's raw response
-    (a coroutine of it with an AsyncOpenAI client).
-
-    The same client, auth, headers, timeout and status-to-exception mapping as
-    `chat.completions.create`, without create's walk of every param against its typed-dict
-    annotations: for plain JSON data that walk changes nothing, yet costs more CPU than the rest
-    of the call. create's own keyword arguments (extra_body, extra_headers, extra_query, timeout)
-    mean here what they mean there.
-    """
-    body = {k: v for k, v in request.items() if k not in _CREATE_OPTIONS}
-    options = {name: request[key] for key, name in _CREATE_OPTIONS.items() if request.get(key) is not None}
-    raw = _RAW_ASYNC_RESPONSE if isinstance(client, openai.AsyncOpenAI) else _RAW_RESPONSE
-    return client.post("/chat/completions", body=body, options=options, cast_to=raw)
 
 
 def call_error(err: openai.APIError, api_key: object, timeout: float | None = None) -> MpdistillError:
@@ -150,34 +56,9 @@ def call_error(err: openai.APIError, api_key: object, timeout: float | None = No
             return err.__cause__
         return ConnectError(f"cannot connect to {_where(err)}: {err.__cause__ or err}")
     if isinstance(err, openai.APIStatusError):
-        message = _redact(_status_detail(err), api_key)
+        message = redact_key(_status_detail(err), api_key)
         return error_for_status(err.status_code, message, err.response.headers)
-    return CallError(f"{type(err).__name__}: {_redact(str(err), api_key)}"[:_MAX_DETAIL])
-
-
-def error_for_status(status: int, message: str, headers: Mapping[str, str] | None = None) -> CallError:
-    """The CallError for an HTTP error status: the one status-to-class mapping of mpdistill."""
-    kept = interesting_headers(headers or {})
-    if status == 429:
-        return RateLimitError(message, status=status, retry_after=parse_retry_after(kept), headers=kept)
-    if status in (408, 409) or status >= 500:
-        return ServerError(message, status=status, retry_after=parse_retry_after(kept), headers=kept)
-    if status in (401, 403):
-        return AuthError(message, status=status, headers=kept)
-    if 400 <= status < 500:
-        return RejectedError(message, status=status, headers=kept)
-    # 1xx/3xx reaching here means the answer cannot be used at all.
-    return BadResponseError(message, status=status, headers=kept)
-
-
-def interesting_headers(headers: Mapping[str, str]) -> dict:
-    """Only the response headers the scheduler uses (rate-limit state, retry hints), lower-cased."""
-    kept = {}
-    for name, value in headers.items():
-        name = name.lower()
-        if name in _KEPT_HEADERS or name.startswith(_RATELIMIT_PREFIX):
-            kept[name] = value
-    return kept
+    return CallError(f"{type(err).__name__}: {redact_key(str(err), api_key)}"[:MAX_DETAIL])
 
 
 def _status_detail(err: openai.APIStatusError) -> str:
@@ -186,14 +67,7 @@ def _status_detail(err: openai.APIStatusError) -> str:
     detail = body.get("message") if isinstance(body, dict) else body   # text body: e.g. a proxy's HTML
     if not isinstance(detail, str) or not detail.strip():
         detail = err.message
-    return f"HTTP {err.status_code}: {detail or err.message}"[:_MAX_DETAIL]
-
-
-def _redact(message: str, api_key: object) -> str:
-    """Some servers echo the key they refused; never let it into an error message."""
-    if isinstance(api_key, str) and len(api_key) >= 8 and api_key in message:
-        return message.replace(api_key, "***")
-    return message
+    return f"HTTP {err.status_code}: {detail or err.message}"[:MAX_DETAIL]
 
 
 def _where(err: openai.APIError) -> str:

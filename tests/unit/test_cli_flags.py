@@ -1,9 +1,13 @@
 """Careless flags: no parser guesses a flag from an abbreviation; the older tool's -v / -s never start a run."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mpdistill.cli.main import main
+from tests.conftest import clean_env
 
 
 def _refused(capsys, argv: list[str]) -> str:
@@ -58,3 +62,14 @@ def test_short_flag_is_refused_in_a_cluster_of_flags_and_in_run_task(capsys, tmp
     assert "--verbose" in _refused(capsys, ["-p", "2", "-v"])
     (tmp_path / "t.yaml").write_text("task_type: split\ninput: in.jsonl\nchunks: 2\nout_dir: x\n")
     assert "--validate" in _refused(capsys, ["run-task", "t.yaml", "-v"])
+
+
+@pytest.mark.parametrize("argv", [["--mod", "x"], ["stop", "--checkpoint-dir", "ck"], ["merge", "--help"]])
+def test_commands_that_make_no_call_do_not_import_the_sdk(argv, tmp_path):
+    """Usage errors, stop and the offline tools answer without importing the engine and the SDK (~0.7 s)."""
+    code = ("import sys; from mpdistill.cli.main import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('openai', 'mpdistill.engine.pool') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr

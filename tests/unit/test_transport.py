@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mpdistill import errors
-from mpdistill.provider.client import acomplete, complete, make_async_client, make_client
+from mpdistill.provider.chat import acomplete, chat_client, complete
 from mpdistill.provider.endpoint import Endpoint
 
 KEY = "sk-test-0001"
@@ -79,7 +79,7 @@ def serve():
 
 
 def _client(url: str, timeout: float = 5.0, cap: int | None = 1 << 20):
-    return make_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, max_response_bytes=cap)
+    return chat_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, max_response_bytes=cap)
 
 
 def _head(status: str = "200 OK", length: int | None = None, extra: str = "") -> bytes:
@@ -107,7 +107,7 @@ def test_a_dripping_server_fails_at_the_total_deadline(serve):
 def test_the_async_client_keeps_the_same_deadline(serve):
     """acomplete ends a dripping call at its deadline too, with the same error class."""
     srv = serve(_drip)
-    client = make_async_client(Endpoint(name="local", base_url=srv.url, api_key=KEY), 1.0)
+    client = chat_client(Endpoint(name="local", base_url=srv.url, api_key=KEY), 1.0, asynchronous=True)
     with pytest.raises(errors.CallTimeoutError):
         asyncio.run(acomplete(client, dict(REQUEST), timeout=1.0))
 

@@ -1,0 +1,151 @@
+"""The hot path: one POST /chat/completions, as the openai SDK sends it, on an httpx client.
+
+Measured against nginx on this project's 2-core machine, the SDK's request machinery (typed
+options, URL and header merging, its auth wrapper, response objects) cost 0.3 ms of CPU a call in
+a thread and 1.1 ms in an event loop, more than the rest of the call, and importing the SDK costs
+most of a second of every run's start-up. For a plain JSON POST whose body mpdistill reads itself
+(see `answer`) it adds nothing, so a call here is one httpx request with the SDK's headers (JSON,
+bearer key) through the guarded transport (deadline, size cap, same-origin redirects: see
+`transport`), and the SDK serves batch mode's Files and Batches calls (see `client`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import httpx2
+
+from .answer import Completion, finish
+from .endpoint import Endpoint
+from .http import http_client
+from .status import MAX_DETAIL, NO_KEY, error_for_status, interesting_headers, redact_key
+from .transport import deadline, redacted
+from ..errors import CallError, CallTimeoutError, ConnectError, MpdistillError
+from .. import __version__
+
+USER_AGENT = f"mpdistill/{__version__}"
+# chat.completions.create's own keyword arguments, as `request` may carry them (see `_build`).
+_OPTIONS = frozenset({"extra_body", "extra_headers", "extra_query", "timeout"})
+
+
+@dataclass(frozen=True)
+class ChatClient:
+    """What one endpoint's calls need: its httpx client, the URL, the headers and the key."""
+
+    http: httpx2.Client | httpx2.AsyncClient
+    url: str
+    headers: dict
+    api_key: str
+
+    def close(self) -> None:
+        self.http.close()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def chat_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
+                max_response_bytes: int | None = None, *, asynchronous: bool = False) -> ChatClient:
+    """The ChatClient of `endpoint` (an async one for an event loop); see `http.http_client`."""
+    http = http_client(timeout, connections, max_response_bytes, asynchronous=asynchronous)
+    return on_http(endpoint, http)
+
+
+def on_http(endpoint: Endpoint, http: httpx2.Client | httpx2.AsyncClient) -> ChatClient:
+    """A ChatClient of `endpoint` sending on `http`: the SDK's URL and headers, the bearer key
+    (a placeholder for keyless servers, as the SDK sends)."""
+    key = endpoint.api_key or NO_KEY
+    headers = {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": USER_AGENT,
+               "Authorization": f"Bearer {key}"}
+    return ChatClient(http, endpoint.base_url.rstrip("/") + "/chat/completions", headers, key)
+
+
+def complete(api: ChatClient, request: dict, timeout: float | None = None) -> Completion:
+    """Make one call with the chat.completions kwargs in `request`, all of it (connect to last byte)
+    within `timeout` seconds; raise a CallError on failure."""
+    try:
+        with deadline(timeout):
+            response = api.http.send(_build(api, request, timeout))
+    except httpx2.HTTPError as err:
+        raise _transport_error(err, api, timeout) from err
+    return _finish(response, api, request)
+
+
+async def acomplete(api: ChatClient, request: dict, timeout: float | None = None) -> Completion:
+    """`complete` in an event loop: the same request, deadline, answer and errors."""
+    try:
+        async with asyncio.timeout(timeout):
+            response = await api.http.send(_build(api, request, timeout))
+    except TimeoutError as err:
+        raise CallTimeoutError(f"no complete answer within the {timeout:g} s deadline (--timeout)") from err
+    except httpx2.HTTPError as err:
+        raise _transport_error(err, api, timeout) from err
+    return _finish(response, api, request)
+
+
+def _build(api: ChatClient, request: dict, timeout: float | None) -> httpx2.Request:
+    """The POST of `request`: its body, with create's keywords meaning what they mean there
+    (extra_body merged into the body, extra_headers and extra_query added, timeout per call)."""
+    body = {k: v for k, v in request.items() if k not in _OPTIONS}
+    body.update(request.get("extra_body") or {})
+    headers = {**api.headers, **(request.get("extra_headers") or {})}
+    call_timeout = request.get("timeout") or timeout
+    return api.http.build_request("POST", api.url, content=json.dumps(body).encode(), headers=headers,
+                                  params=request.get("extra_query"),
+                                  timeout=call_timeout if call_timeout is not None else httpx2.USE_CLIENT_DEFAULT)
+
+
+def _finish(response: httpx2.Response, api: ChatClient, request: dict) -> Completion:
+    headers = interesting_headers(response.headers)
+    if not 200 <= response.status_code < 300:
+        raise error_for_status(response.status_code, _detail(response, api.api_key), response.headers)
+    return finish(response.status_code, response.content, headers, request)
+
+
+def _detail(response: httpx2.Response, api_key: str) -> str:
+    """`HTTP <status>: <server's error message>`, short, never holding the key."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    body = data.get("error", data) if isinstance(data, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or not message.strip():
+        message = response.content.decode("utf-8", "replace").strip() or response.reason_phrase
+    return redact_key(f"HTTP {response.status_code}: {message}"[:MAX_DETAIL], api_key)
+
+
+def _transport_error(err: httpx2.HTTPError, api: ChatClient, timeout: float | None) -> MpdistillError:
+    """The mpdistill error of a request that got no answer."""
+    where = redacted(err.request.url) if _has_request(err) else redacted(api.url)
+    if isinstance(err, httpx2.TimeoutException):
+        limit = f"the {timeout:g} s deadline (--timeout)" if timeout is not None else "the timeout"
+        return CallTimeoutError(f"no complete answer within {limit} from {where}")
+    if isinstance(err, httpx2.TransportError):
+        return ConnectError(redact_key(f"cannot connect to {where}: {err}", api.api_key))
+    return CallError(redact_key(f"{type(err).__name__}: {err}"[:MAX_DETAIL], api.api_key))
+
+
+def _has_request(err: httpx2.HTTPError) -> bool:
+    try:
+        return err.request is not None
+    except RuntimeError:   # httpx raises when no request was attached
+        return False
+
+
+class _NoNetwork(httpx2.BaseTransport):
+    """An HTTP transport that refuses every request, so `warm_up` never sends anything."""
+
+    def handle_request(self, request):
+        raise httpx2.ConnectError("warm-up request: never sent", request=request)
+
+
+def warm_up() -> None:
+    """Run the request path once, offline, before workers fork: what it imports and caches on
+    first use is then inherited by every forked worker instead of costing each its own."""
+    endpoint = Endpoint(name="warm-up", base_url="http://127.0.0.1/v1")
+    try:
+        complete(on_http(endpoint, httpx2.Client(transport=_NoNetwork())), {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
+    except ConnectError:
+        pass  # expected: the transport refuses; only the code paths on the way mattered
