@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 from .. import plan
 from ..config import RunConfig
+from ..engine.modes import shape
 from ..errors import ConfigError
 from ..provider.endpoint import Endpoint
 
@@ -56,7 +57,8 @@ def budget_for_shard(job, index: int, cfg: RunConfig, env: Mapping[str, str]):
     """(keypool_factory or None, config) for a shard: a leased shared budget, or a static share."""
     if env.get(ACTOR_VAR):
         from .ray_budget import leased_pool_factory
-        factory = leased_pool_factory(env[ACTOR_VAR], env.get(RAY_ADDRESS_VAR), job, index)
+        slots = shape(cfg.mode, cfg.processes, cfg.concurrency).in_flight
+        factory = leased_pool_factory(env[ACTOR_VAR], env.get(RAY_ADDRESS_VAR), job, index, slots)
         if factory is not None:
             return factory, cfg
     share = parse_share(env[SHARE_VAR], SHARE_VAR) if env.get(SHARE_VAR) else default_share(job.shards, None)

@@ -1,7 +1,8 @@
 """A shard's key pool when the budget is shared: request grants leased from a `BudgetService`.
 
-It has the engine's KeyPool interface. Grants come a few at a time; outcomes are reported in
-batches (a 429 or a transient failure at once, so every shard learns of it quickly). If the
+It has the engine's KeyPool interface. Grants come a few at a time, each with the time it may be
+sent (the service books slots of one paced schedule for the whole job; see `service`); outcomes
+are reported in batches (a 429 or a transient failure at once, so every shard learns of it quickly). If the
 service is lost, the pool logs it and goes on alone with a conservative share: each limit (as
 configured, or as last learned) divided by the shards still running.
 """
@@ -14,12 +15,13 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-GRANT_BATCH = 8          # grants per lease: few enough that a cut rate reaches every shard at once
-LOW_WATER = 2            # the next lease is asked for (without waiting) when this few grants are left
+GRANT_BATCH = 8          # grants per lease at least (a shard with more slots asks for one per slot)
+MAX_BATCH = 256
 PENDING_POLL_S = 0.005   # while a lease is on its way, the manager looks again this soon
-GRANT_TTL_S = 1.0        # an unused grant older than this goes back (its request slot is spent anyway)
+GRANT_TTL_S = 1.0        # a grant unused this long past its time goes back (its request slot is spent anyway)
 REPORT_EVERY_S = 0.2     # ok outcomes are sent at least this often (they drive the rate's growth)
 MAX_POLL_S = 0.25        # longest a shard waits before asking again for grants
+RECALL_BELOW = 0.9       # a grant not yet due goes back when its endpoint's rate fell below this × its booking rate
 SNAPSHOT_EVERY_S = 1.0
 
 
@@ -40,21 +42,25 @@ class Answered:
         return self.value
 
 
-def start_lease(service, *args):
-    """Ask for a lease without waiting: the service's `lease_async` if it has one."""
-    if hasattr(service, "lease_async"):
-        return service.lease_async(*args)
-    return Answered(service.lease(*args))
+def start_call(service, method: str, *args):
+    """Call `method` of the service without waiting: through its `call_async` if it has one."""
+    if hasattr(service, "call_async"):
+        return service.call_async(method, *args)
+    return Answered(getattr(service, method)(*args))
 
 
 class LeasedPool:
     """KeyPool interface over a shared budget; `fallback(endpoint limits)` builds the local pool."""
 
-    def __init__(self, service, shard: int, fallback: Callable[[dict], object], *,
-                 batch: int = GRANT_BATCH, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, service, shard: int, fallback: Callable[[dict], object], *, slots: int = GRANT_BATCH,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._service, self._shard, self._fallback = service, shard, fallback
-        self._batch, self._clock = batch, clock
-        self._grants: dict[str, deque] = {}          # model -> (endpoint, reserved, granted at)
+        # The next lease is asked for (without waiting) while fewer grants are held than the shard has
+        # calls in flight: a whole round of calls ending at once finds a grant for each, and never waits
+        # a round trip to the service (where the service limits the rate, it grants fewer; see `service`).
+        self._low_water = max(1, min(MAX_BATCH, slots))
+        self._batch, self._clock = max(GRANT_BATCH, self._low_water), clock
+        self._grants: dict[str, deque] = {}          # model -> (endpoint, reserved, send at, rpm), in time order
         self._reports: list = []
         self._reported_at = clock()
         self._ask_at: dict[str, float] = {}          # model -> no lease before this time
@@ -64,6 +70,7 @@ class LeasedPool:
         self._disabled: set[str] = set()
         self._snapshot: list[dict] = []
         self._snapshot_at = -SNAPSHOT_EVERY_S
+        self._snapshot_call = None
         self._pending = None                         # (model, est, asked at, call) of a lease on its way
         self.local = None                            # the fallback pool, once the service is lost
 
@@ -75,13 +82,13 @@ class LeasedPool:
         now = self._clock()
         self._collect(now)
         queue = self._fresh(model, now)
-        if len(queue or ()) <= LOW_WATER and self._pending is None and now >= self._ask_at.get(model, -1.0):
+        if len(queue or ()) < self._low_water and self._pending is None and now >= self._ask_at.get(model, -1.0):
             self._lease(model, est_tokens, now)
             self._collect(now)
         if self.local is not None:
             return self.local.acquire(model, est_tokens)
         queue = self._grants.get(model)
-        if not queue:
+        if not queue or queue[0][2] > now:
             return None
         name = queue.popleft()[0]
         self._leased[name] += 1
@@ -95,8 +102,9 @@ class LeasedPool:
         self._collect(now)
         if self.local is not None:
             return self.local.wait_time(model, est_tokens)
-        if self._fresh(model, now):
-            return 0.0
+        queue = self._fresh(model, now)
+        if queue:
+            return max(0.0, queue[0][2] - now)
         if self._pending is not None:
             return PENDING_POLL_S
         if model in self._none_for:
@@ -107,7 +115,7 @@ class LeasedPool:
         """The model's grants, the stale ones given back first."""
         queue = self._grants.get(model)
         while queue and now - queue[0][2] > GRANT_TTL_S:
-            name, reserved, _ = queue.popleft()
+            name, reserved, *_ = queue.popleft()
             self._reports.append(("return", name, reserved))
         return queue
 
@@ -115,7 +123,7 @@ class LeasedPool:
         """Ask for grants (the outcomes to report go with the request); the answer is collected later."""
         reports, self._reports = self._reports, []
         try:
-            self._pending = (model, est, now, start_lease(self._service, self._shard, model, est, self._batch, reports))
+            self._pending = (model, est, now, start_call(self._service, "lease", self._shard, model, est, self._batch, reports))
         except ServiceLost as err:
             self._lose(err)
             return
@@ -135,18 +143,38 @@ class LeasedPool:
             self._lose(err)
             return
         self._pending = None
-        self._apply(model, est, reply, now)
+        self._apply(model, est, reply, asked, now)
 
-    def _apply(self, model: str, est: int, reply: dict, now: float) -> None:
+    def _apply(self, model: str, est: int, reply: dict, asked: float, now: float) -> None:
+        """Take in a lease's answer. A grant's delay counts from when the lease was asked for: the
+        service booked it a one-way trip later, so the shard's slots keep the service's spacing,
+        not the spacing of the moments this manager happened to collect the answers."""
         self._flags = {k: bool(reply.get(k)) for k in self._flags}
+        rates = reply.get("rates") or {}
+        self._recall(rates, now)
         grants = reply.get("grants") or []
-        self._grants.setdefault(model, deque()).extend((name, est, now) for name in grants)
+        self._grants.setdefault(model, deque()).extend((name, est, asked + delay, rates.get(name))
+                                                       for name, delay in grants)
         wait = reply.get("wait")
         if wait is None:
             self._none_for.add(model)
         else:
             self._none_for.discard(model)
         self._ask_at[model] = now + (0.0 if grants else min(MAX_POLL_S, max(0.005, wait or 0.0)))
+
+    def _recall(self, rates: dict, now: float) -> None:
+        """Give back the grants not yet due that were booked at a rate a 429 has since cut deeply:
+        sent, most would draw 429s (the opening, when the first cuts come from 3× the real limit)."""
+        for model, queue in self._grants.items():
+            keep = deque()
+            for grant in queue:
+                name, reserved, at, rpm = grant
+                cut = rates.get(name)
+                if at > now and rpm is not None and cut is not None and cut < RECALL_BELOW * rpm:
+                    self._reports.append(("return", name, reserved))
+                else:
+                    keep.append(grant)
+            self._grants[model] = keep
 
     # -- ending a call --------------------------------------------------------------------------
 
@@ -205,7 +233,7 @@ class LeasedPool:
     def close(self) -> None:
         """Give every unused grant back and send what is left to report."""
         for queue in self._grants.values():
-            self._reports.extend(("return", name, reserved) for name, reserved, _ in queue)
+            self._reports.extend(("return", name, reserved) for name, reserved, *_ in queue)
             queue.clear()
         self.flush()
 
@@ -245,14 +273,19 @@ class LeasedPool:
         return self._leased[name] + (self.local.in_flight(name) if self.local is not None else 0)
 
     def snapshot(self) -> list[dict]:
+        """The service's figures, about once a second; asked without waiting (the last answer is shown)."""
         if self.local is not None:
             return self.local.snapshot()
         now = self._clock()
-        if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
-            self._snapshot_at = now
-            try:
-                self._snapshot = self._service.snapshot()
-            except ServiceLost as err:
-                self._lose(err)
-                return self.local.snapshot()
+        try:
+            if self._snapshot_call is not None and self._snapshot_call.ready():
+                self._snapshot, self._snapshot_call = self._snapshot_call.result(), None
+            if self._snapshot_call is None and now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+                self._snapshot_at = now
+                self._snapshot_call = start_call(self._service, "snapshot")
+                if self._snapshot_call.ready():   # an in-process service answers at once
+                    self._snapshot, self._snapshot_call = self._snapshot_call.result(), None
+        except ServiceLost as err:
+            self._lose(err)
+            return self.local.snapshot()
         return self._snapshot

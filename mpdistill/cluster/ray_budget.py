@@ -48,9 +48,10 @@ class RayService:
     def lease(self, *args) -> dict:
         return self._get(self._handle.lease.remote(*args))
 
-    def lease_async(self, *args) -> "PendingLease":
+    def call_async(self, method: str, *args) -> "PendingCall":
+        """`method` on its way to the actor: the shard's manager never waits on a round trip."""
         try:
-            return PendingLease(self, self._handle.lease.remote(*args))
+            return PendingCall(self, getattr(self._handle, method).remote(*args))
         except Exception as err:   # the actor is gone
             raise ServiceLost(repr(err)) from err
 
@@ -70,28 +71,35 @@ class RayService:
             raise ServiceLost(repr(err)) from err
 
 
-class PendingLease:
-    """A lease call on its way; lost when it has not answered within the call timeout."""
+class PendingCall:
+    """An actor call on its way; lost when it has not answered within the call timeout.
+
+    The shard's manager looks at it every few milliseconds while it waits for its answer: a
+    future's `done()` costs nothing, where `ray.wait` is a round trip into Ray's core worker.
+    """
 
     def __init__(self, service: RayService, ref) -> None:
         self._service, self._ref = service, ref
+        self._future = ref.future()
         self._asked = time.monotonic()
 
     def ready(self) -> bool:
-        try:
-            done, _ = self._service._ray.wait([self._ref], timeout=0)
-        except Exception as err:
-            raise ServiceLost(repr(err)) from err
-        if not done and time.monotonic() - self._asked > self._service._timeout:
+        if self._future.done():
+            return True
+        if time.monotonic() - self._asked > self._service._timeout:
             raise ServiceLost(f"no answer within {self._service._timeout:.0f} s")
-        return bool(done)
+        return False
 
     def result(self) -> dict:
-        return self._service._get(self._ref)
+        try:
+            return self._future.result(timeout=0)
+        except Exception as err:   # RayActorError, a lost connection, …
+            raise ServiceLost(repr(err)) from err
 
 
-def leased_pool_factory(name: str, address: str | None, job, index: int):
-    """A keypool factory leasing from actor `name`, or None (logged) when it cannot be reached."""
+def leased_pool_factory(name: str, address: str | None, job, index: int, slots: int = 8):
+    """A keypool factory leasing from actor `name` for a shard with `slots` calls in flight, or None
+    (logged) when the actor cannot be reached."""
     try:
         ray = import_ray()
         if not ray.is_initialized():
@@ -109,7 +117,7 @@ def leased_pool_factory(name: str, address: str | None, job, index: int):
             known = [dataclasses.replace(e, rpm=e.rpm if e.rpm is not None else learned.get(e.name))
                      for e in endpoints]
             return KeyPool(list(scaled(known, 1.0 / running_shards(job))))
-        factory.pool = LeasedPool(service, index, fallback)
+        factory.pool = LeasedPool(service, index, fallback, slots=slots)
         return factory.pool
     factory.pool = None
     return factory

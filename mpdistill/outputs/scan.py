@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 _KEY = re.compile(rb'\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
 # Matched after a newline, not with ^ and MULTILINE: a literal prefix lets the regex engine skip ahead fast.
 _KEY_AFTER_NEWLINE = re.compile(rb'\n\{"line": (\d+)(?:, "iteration": (\d+))?[,}]')
-_ONLY_KEY_AFTER_NEWLINE = re.compile(rb'\n\{"line": (\d+)[,}]')   # when rounds do not matter
+# Every newline, with the key of the line after it when that line is ours (rounds ignored).
+_KEY_OR_NEWLINE = re.compile(rb'\n(?:\{"line": (\d+)[,}])?')
 _CHUNK = 1 << 22
 _PARALLEL_BYTES = 64 << 20   # from this size on, a resume scan uses a second process
 
@@ -199,14 +200,19 @@ def _scan_halves(f, start: int, stop: int) -> tuple[Scan, bool]:
 
 
 def _scan_keys(data: bytes, scan: Scan) -> None:
-    """Keys of complete lines, rounds ignored: the hot path of a resume without checkpoint."""
+    """Keys of complete lines, rounds ignored: the hot path of a resume without checkpoint.
+
+    One regex pass finds every newline and the key of the line after it, if that line is ours
+    (b"" if not): the line count and the keys in one walk over the bytes, not two.
+    """
     first = _KEY.match(data)
-    found = _ONLY_KEY_AFTER_NEWLINE.findall(data) if first else []
-    lines = data.count(b"\n")
-    if first and len(found) + 1 == lines:
+    found = _KEY_OR_NEWLINE.findall(data) if first else []
+    # The chunk's last newline has no line after it: the only b"" when every line is ours.
+    if found and found.index(b"") == len(found) - 1:
+        scan.lines += len(found)
+        del found[-1]
         scan.keys.append(int(first.group(1)))
         scan.keys.extend(map(int, found))
-        scan.lines += lines
     else:
         _scan_lines(data, None, scan)
 

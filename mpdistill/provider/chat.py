@@ -18,9 +18,9 @@ import httpx2
 
 from .answer import Completion, finish
 from .endpoint import Endpoint
-from .http import http_client
+from .http import DEFAULT_MAX_RESPONSE_BYTES, http_client
 from .status import MAX_DETAIL, NO_KEY, error_for_status, interesting_headers, redact_key
-from .transport import deadline, redacted
+from .transport import GuardedTransport, ReplayNetwork, deadline, redacted
 from ..errors import CallError, CallTimeoutError, ConnectError, MpdistillError
 from .. import __version__
 
@@ -134,18 +134,42 @@ def _has_request(err: httpx2.HTTPError) -> bool:
         return False
 
 
-class _NoNetwork(httpx2.BaseTransport):
-    """An HTTP transport that refuses every request, so `warm_up` never sends anything."""
+# What the network of `offline_client` answers every request with.
+_CANNED_BODY = (b'{"id":"chatcmpl-offline","object":"chat.completion","created":0,"model":"offline",'
+                b'"choices":[{"index":0,"message":{"role":"assistant","content":"offline"},"finish_reason":"stop"}],'
+                b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}')
+_CANNED_HEAD = (b"HTTP/1.1 200 OK\r\nServer: offline\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+                b"Content-Type: application/json\r\nConnection: keep-alive\r\nx-ratelimit-remaining-requests: 1\r\n")
+# Both ways a server frames a body (vLLM and OpenAI send a length, nginx modules often chunk).
+_CANNED_RESPONSES = (_CANNED_HEAD + b"Content-Length: %d\r\n\r\n" % len(_CANNED_BODY) + _CANNED_BODY,
+                     _CANNED_HEAD + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(_CANNED_BODY)
+                     + _CANNED_BODY + b"\r\n0\r\n\r\n")
+# CPython 3.11 specializes a function's bytecode in place over its first 8 calls: warm past that.
+WARM_UP_CALLS = 10
 
-    def handle_request(self, request):
-        raise httpx2.ConnectError("warm-up request: never sent", request=request)
+
+def offline_client() -> ChatClient:
+    """A ChatClient built like `chat_client`'s whose network answers every call in-process with a
+    canned completion (`transport.ReplayNetwork`): the whole request path runs, nothing is sent.
+    No proxy mounts: a proxy from the environment must not see the warm-up either."""
+    transport = GuardedTransport(DEFAULT_MAX_RESPONSE_BYTES, network=ReplayNetwork(*_CANNED_RESPONSES),
+                                 limits=httpx2.Limits(max_connections=10, max_keepalive_connections=10))
+    http = httpx2.Client(transport=transport, timeout=5.0, follow_redirects=True)
+    return on_http(Endpoint(name="warm-up", base_url="http://127.0.0.1/v1"), http)
 
 
 def warm_up() -> None:
-    """Run the request path once, offline, before workers fork: what it imports and caches on
-    first use is then inherited by every forked worker instead of costing each its own."""
-    endpoint = Endpoint(name="warm-up", base_url="http://127.0.0.1/v1")
+    """Run the whole request path WARM_UP_CALLS times, offline, before workers fork.
+
+    What a process does first is what costs: caches and imports made on first use, and CPython
+    3.11 rewriting the bytecode of each function it runs over its first calls, which in a forked
+    worker copies every page of that code. Done here once, every worker inherits warm, shared pages.
+    """
+    api = offline_client()
     try:
-        complete(on_http(endpoint, httpx2.Client(transport=_NoNetwork())), {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]})
-    except ConnectError:
-        pass  # expected: the transport refuses; only the code paths on the way mattered
+        for _ in range(WARM_UP_CALLS):
+            complete(api, {"model": "warm-up", "messages": [{"role": "user", "content": "warm-up"}]}, timeout=5.0)
+    except MpdistillError:
+        pass  # the warm-up is an optimisation: a failure of it must never stop a run
+    finally:
+        api.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import select
+import itertools
+import socket
 import time
 from typing import Any, AsyncIterator, Iterator
 
@@ -134,6 +136,63 @@ class _AsyncSocketInfoBackend(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+class ReplayNetwork(httpcore2.NetworkBackend):
+    """A network where every connection answers each request written to it with the next of
+    `responses` (raw HTTP/1.1 bytes, in turn), and nothing leaves the process: for running the
+    request path offline.
+
+    Connections are real sockets (a connected pair, the far end answered inline), so the code
+    that runs is the code a real call runs, down to httpcore's socket stream.
+    """
+
+    def __init__(self, *responses: bytes) -> None:
+        self._responses = itertools.cycle(responses)
+        self._sockets = httpcore2.SyncBackend()
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind("")   # Linux: an unnamed (abstract) address, no file
+            listener.listen(1)
+            stream = self._sockets.connect_unix_socket(listener.getsockname(), timeout)
+            peer, _ = listener.accept()
+        peer.settimeout(5.0)   # a bug here must end the warm-up, never hang it
+        return _ReplayStream(stream, peer, self._responses)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return self.connect_tcp("localhost", 0, timeout)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _ReplayStream(httpcore2.NetworkStream):
+    """One connection of a `ReplayNetwork`: the far end reads each request and writes the answer."""
+
+    def __init__(self, stream: httpcore2.NetworkStream, peer: socket.socket, responses: Iterator[bytes]) -> None:
+        self._stream, self._peer, self._responses = stream, peer, responses
+        self._due = False   # a request was written and not answered yet
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._due:
+            self._due = False
+            self._peer.sendall(next(self._responses))
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return   # h11 ends a body of known length with an empty write: nothing reaches the peer
+        self._stream.write(buffer, timeout)
+        self._peer.recv(1 << 20)   # small requests: one recv holds what was written
+        self._due = True
+
+    def close(self) -> None:
+        self._stream.close()
+        self._peer.close()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
 def redacted(url: httpx2.URL | str) -> str:
     """scheme://host[:port]/path of a URL: no credentials, no query string (it may hold keys)."""
     url = httpx2.URL(str(url))
@@ -213,14 +272,19 @@ def guarded_mounts(max_response_bytes: int | None, limits: httpx2.Limits, *, asy
 
 
 class GuardedTransport(httpx2.HTTPTransport):
-    """httpx's transport with the call deadline on every socket, the size cap and the redirect rule."""
+    """httpx's transport with the call deadline on every socket, the size cap and the redirect rule.
 
-    def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
+    `network` replaces the sockets under the pool (see `ReplayNetwork`); None: real sockets.
+    """
+
+    def __init__(self, max_response_bytes: int | None = None, network: httpcore2.NetworkBackend | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._cap = max_response_bytes
         pool = getattr(self, "_pool", None)
         if isinstance(pool, httpcore2.ConnectionPool):   # direct connections (not through a proxy)
-            pool._network_backend = _DeadlineBackend(pool._network_backend)
+            pool._network_backend = _DeadlineBackend(network or pool._network_backend)
+
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         response = super().handle_request(request)

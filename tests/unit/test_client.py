@@ -314,3 +314,20 @@ def test_tool_fields_of_the_request_are_sent(server):
     sent = server.seen[-1]
     assert (sent["tools"], sent["tool_choice"], sent["parallel_tool_calls"]) == (tools, "required", False)
     assert sent["response_format"] == {"type": "text"}
+
+
+
+def test_offline_client_answers_in_process_and_sends_nothing(monkeypatch):
+    """The warm-up client runs the whole call path (both body framings, a reused connection) without a network."""
+    from mpdistill.provider import chat
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the offline client opened a TCP connection")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    api = chat.offline_client()
+    try:
+        answers = [chat.complete(api, REQUEST, timeout=5) for _ in range(3)]
+    finally:
+        api.close()
+    assert [a.answer for a in answers] == ["offline"] * 3
+    assert answers[0].headers == {"x-ratelimit-remaining-requests": "1"}

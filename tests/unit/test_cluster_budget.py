@@ -102,3 +102,77 @@ def test_static_share_divides_every_limit():
     assert default_share(8, None) == 1 / 8 and default_share(8, 2) == 1 / 2 and default_share(1, 4) == 1.0
     (e,) = scaled([Endpoint("a", "u", "k", rpm=600.0, tpm=8000.0, max_concurrency=3)], 0.25)
     assert (e.rpm, e.tpm, e.max_concurrency) == (150.0, 2000.0, 1)
+
+
+def _paced_service(clock, rpm=600.0):
+    """A service whose endpoint ran at its rpm for two seconds, then drew a 429 (so requests are paced)."""
+    service = BudgetService([_endpoint(rpm=rpm)], clock=clock)
+    held = []
+    for _ in range(200):
+        reply = service.lease(0, "m", 1, 8, [("release", name, True, 1, 1, {}) for name in held[1:]])
+        held = held[:1] + [name for name, _ in reply["grants"]]
+        clock.now += 0.01
+    service.report(0, [("release", name, True, 1, 1, {}) for name in held[1:]])
+    service.report(0, [("429", held[0], 0.5, 1)])
+    clock.now += 2.0
+    return service
+
+
+def test_a_paced_budget_grants_evenly_spaced_slots_ahead():
+    """Once paced, one lease books several slots one interval apart, not just the one free now."""
+    clock = Clock()
+    service = _paced_service(clock)
+    rpm = service.snapshot()[0]["current_rpm"]
+    grants = service.lease(1, "m", 1, 8, [])["grants"]
+    delays = [delay for _, delay in grants]
+    assert len(grants) >= 2 and delays == sorted(delays)
+    assert all(abs((b - a) - 60.0 / rpm) < 1e-3 for a, b in zip(delays, delays[1:]))
+
+
+def test_a_grant_is_not_spent_before_its_time():
+    """The shard's pool hands out a booked grant only when its slot has come, and says how long to wait."""
+    clock = Clock()
+    service = _paced_service(clock)
+    pool = LeasedPool(service, 1, fallback=lambda learned: None, clock=clock)
+    first = pool.acquire("m", 1)
+    assert first == "api" and pool.acquire("m", 1) is None
+    wait = pool.wait_time("m", 1)
+    assert 0.0 < wait <= 60.0 / service.snapshot()[0]["current_rpm"] + 1e-6
+    clock.now += wait
+    assert pool.acquire("m", 1) == "api"
+
+
+def test_shards_share_the_slots_ahead():
+    """Slots booked ahead are split among the shards leasing: a second shard is not left polling."""
+    clock = Clock()
+    service = _paced_service(clock, rpm=6000.0)
+    a = service.lease(1, "m", 1, 64, [])["grants"]
+    b = service.lease(2, "m", 1, 64, [])["grants"]
+    assert a and b and len(a) < 64
+
+
+class Scripted:
+    """A service that answers leases from a script and records the reports it is sent."""
+
+    def __init__(self, replies) -> None:
+        self.replies, self.reports = list(replies), []
+
+    def lease(self, shard, model, est, count, reports):
+        self.reports += reports
+        return self.replies.pop(0)
+
+    def report(self, shard, reports):
+        self.reports += reports
+
+
+def test_grants_booked_before_a_deep_cut_go_back():
+    """Grants not yet due, booked at a rate a 429 has since cut below 0.9×, are returned, not sent."""
+    clock = Clock()
+    booked = {"grants": [["api", 0.0], ["api", 0.1], ["api", 0.2]], "wait": 0.0, "rates": {"api": 600.0}}
+    cut = {"grants": [], "wait": 0.1, "rates": {"api": 300.0}}
+    service = Scripted([booked, cut])
+    pool = LeasedPool(service, 0, fallback=lambda learned: None, slots=8, clock=clock)
+    assert pool.acquire("m", 1) == "api"          # the first is due; asking again brings the cut
+    assert pool.acquire("m", 1) is None
+    pool.flush()
+    assert [r[0] for r in service.reports] == ["return", "return"]

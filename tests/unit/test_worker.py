@@ -23,3 +23,13 @@ def test_a_bad_image_is_a_row_error_not_a_call():
     outcome = execute(task, object(), spec)
     err = from_info(outcome.error)
     assert type(err).__name__ == "ImageError" and not getattr(err, "retryable", False)
+
+
+def test_preload_warms_up_offline_and_makes_every_client():
+    """preload runs the worker's call path offline (nothing sent) and makes one client per endpoint."""
+    from mpdistill.engine.worker import WorkerSpec, preload
+    from mpdistill.provider.endpoint import Endpoint
+    spec = WorkerSpec(endpoints=(Endpoint("a", "http://127.0.0.1:9/v1"), Endpoint("b", "http://127.0.0.1:9/v1")),
+                      timeout=5)
+    clients = preload(spec)
+    assert clients.get("a") is not clients.get("b")
