@@ -7,7 +7,7 @@ import sys
 import time
 
 from mpdistill.mock.server import MockServer
-from tests.conftest import Workdir, clean_env, line_count, wait_for, write_jsonl
+from tests.conftest import Workdir, clean_env, wait_for, write_jsonl
 
 
 def test_iterations_with_delay_record_their_round(workdir):
@@ -64,8 +64,8 @@ def test_stop_from_another_process_and_monitor(tmp_path):
         wd = Workdir(tmp_path, server.url)
         write_jsonl(wd.input, [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(400)])
         proc = wd.popen(processes=4)
-        wait_for(lambda: line_count(wd.output) >= 8, proc=proc)
-        time.sleep(1.2)
+        status = wd.checkpoints / "mock-model_status.json"
+        assert wait_for(lambda: status.exists() and json.loads(status.read_text())["done"] >= 8, proc=proc)
         cli = [sys.executable, "-m", "mpdistill"]
         kw = dict(cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=30)
         panel = subprocess.run(cli + ["monitor", "--once", "--checkpoint-dir", str(wd.checkpoints)], **kw)
@@ -79,8 +79,10 @@ def test_stop_from_another_process_and_monitor(tmp_path):
         assert len(ids) == len(set(ids)) and 8 <= len(ids) < 400
         panel = subprocess.run(cli + ["monitor", "--once", "--checkpoint-dir", str(wd.checkpoints)], **kw)
         assert "stopped" in panel.stdout
+    with MockServer() as fast:     # the rerun resumes the stopped run; it need not be slow too
+        wd.url = fast.url
         assert wd.run(processes=4).returncode == 0
-        assert len({r["id"] for r in wd.results()}) == 400 == len(wd.results())
+    assert len({r["id"] for r in wd.results()}) == 400 == len(wd.results())
 
 
 def test_stale_stop_file_does_not_stop_a_new_run(workdir):
