@@ -149,6 +149,8 @@ def test_sigint_mid_run_saves_checkpoint_and_resume_finishes(tmp_path, mode):
         first = [r["id"] for r in wd.results()]
         assert 20 <= len(first) < 150 and len(set(first)) == len(first)
         assert list(wd.checkpoints.glob("*_checkpoint.pkl"))
+    with MockServer() as fast:     # the rerun resumes; it need not be slow too
+        wd.url = fast.url
         proc = wd.run(processes=4)
         assert proc.returncode == 0, proc.stderr
         assert "Resuming:" in proc.stderr
@@ -215,7 +217,10 @@ def test_sigterm_lets_in_flight_calls_finish(tmp_path, mode):
         proc.communicate(timeout=30)
         assert proc.returncode == 130
         assert 4 <= len(wd.results()) < 40   # the four in flight were written
-        rerun = wd.run(processes=8)
+        from mpdistill.mock.server import MockServer
+        with MockServer() as fast:     # the rerun resumes; it need not wait 1 s a row too
+            wd.url = fast.url
+            rerun = wd.run(processes=8)
         assert rerun.returncode == 0
         assert sorted(r["id"] for r in wd.results()) == sorted(f"r{i}" for i in range(40))
     finally:
