@@ -3,7 +3,7 @@
 
 The manager never sends a worker more than `-c` tasks at once, so the loop needs no semaphore:
 every task that arrives is started at once, and its outcome is sent back when it ends. Outcomes
-leave through a sender thread: a loop blocked on a full pipe would stop reading tasks while the
+leave through a sender thread (those that ended together in one message): a loop blocked on a full pipe would stop reading tasks while the
 manager, blocked on sending them, stops reading outcomes (a deadlock once -c tasks fill the pipe).
 """
 from __future__ import annotations
@@ -79,18 +79,27 @@ class _AsyncWorker:
         else:
             with clients.lease() as api:
                 outcome = await aexecute(task, api, self.spec)
-        self.outbox.put(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        self.outbox.put(outcome)
 
     def _send_all(self) -> None:
-        """The sender thread: outcomes to the manager in the order they ended, until None."""
+        """The sender thread: outcomes to the manager in the order they ended, those that ended
+        together in one message (one pickle, one write, one wake-up of the manager), until None."""
         while True:
-            data = self.outbox.get()
-            if data is None:
+            batch = [self.outbox.get()]
+            while batch[-1] is not None and not self.outbox.empty():
+                batch.append(self.outbox.get())
+            done = batch[-1] is None
+            outcomes = batch[:-1] if done else batch
+            if outcomes:
+                self._send(pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
+            if done:
                 return
-            try:
-                self.conn.send_bytes(data)
-            except (BrokenPipeError, OSError):
-                os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.conn.send_bytes(data)
+        except (BrokenPipeError, OSError):
+            os._exit(0)  # the manager died; the row was never counted, so a rerun redoes it
 
     def stop(self) -> None:
         """Take no more tasks (None from the manager, or SIGTERM); `serve` ends after the running calls."""

@@ -1,7 +1,8 @@
 """The process pool: start workers, hand each a task, collect outcomes, notice deaths.
 
 Each worker has its own duplex pipe, multiplexed by one epoll selector (with each worker's
-process sentinel, to notice deaths); that pipe set is the result queue. The in-flight table
+process sentinel, to notice deaths); that pipe set is the result queue. A message from a worker is
+one Outcome, or a list of them (an async worker sends what ended together in one message). The in-flight table
 (`flights.InFlight`) says which worker holds which task: that is what lets a killed worker's rows
 be re-queued at once instead of being lost or waiting for a timeout.
 """
@@ -159,10 +160,11 @@ class WorkerPool:
         out = []
         try:
             while worker.readable():
-                outcome = pickle.loads(worker.conn.recv_bytes())
-                flight = self.flights.pop(outcome.tid)
-                if flight is not None:  # else: a task already given up (stop --now)
-                    out.append((outcome, flight))
+                message = pickle.loads(worker.conn.recv_bytes())
+                for outcome in message if isinstance(message, list) else (message,):
+                    flight = self.flights.pop(outcome.tid)
+                    if flight is not None:  # else: a task already given up (stop --now)
+                        out.append((outcome, flight))
         except (EOFError, OSError):
             pass  # the worker died mid-send; its tasks are handled as lost
         return out

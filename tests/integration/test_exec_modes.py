@@ -59,7 +59,7 @@ def test_async_with_one_call_per_process_gets_a_hint_and_still_finishes(workdir)
 
 def test_workers_are_forked_as_the_load_needs_them(tmp_path):
     """-p 8 with two calls in flight at most forks two workers, not eight."""
-    with MockServer(latency_ms=1000) as server:
+    with MockServer(latency_ms=3000) as server:   # long enough for a status write to see both in flight
         wd = Workdir(tmp_path, server.url)
         write_jsonl(wd.input, _rows(2))
         proc = wd.popen("--grace", "5", processes=8)
@@ -105,7 +105,9 @@ def test_async_worker_keeps_reading_tasks_while_the_manager_is_not_reading_outco
         writer.join(30)
         try:
             assert not writer.is_alive(), "the worker stopped reading tasks: both pipes are full"
-            outcomes = [pickle.loads(conn.recv_bytes()) for _ in tasks]
+            outcomes = []
+            while len(outcomes) < len(tasks):   # a message is a list of the outcomes that ended together
+                outcomes.extend(pickle.loads(conn.recv_bytes()))
             assert sorted(o.tid for o in outcomes) == list(range(150))
             assert all(o.completion is not None for o in outcomes)
         finally:
