@@ -118,7 +118,10 @@ class WorkerPool:
         worker = self._pick()
         flight.slot = worker.slot
         self.flights.add(flight)
-        worker.conn.send_bytes(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            worker.conn.send_bytes(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # the worker just died: `wait` sees its sentinel and re-queues this flight with its others
         return worker.slot
 
     def _pick(self) -> _Worker:

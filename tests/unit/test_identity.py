@@ -49,7 +49,7 @@ def test_source_rejects_only_real_duplicates(tmp_path):
 
 def test_written_lines_read_back_to_the_same_identity():
     """Output, error and Batch lines of a row read back to the row's own identity, ids or line numbers."""
-    from mpdistill.provider.client import Completion
+    from mpdistill.provider.answer import Completion
     from mpdistill.outputs.records import error_record, result_record
     done = Completion(answer="a", reasoning=None, finish_reason="stop", usage=None, model="m")
     for obj, line in (({"id": ["x", 1], "prompt": "p"}, 3), ({"prompt": "p"}, 5), ({"id": 7, "prompt": "p"}, 7)):
