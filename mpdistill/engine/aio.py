@@ -1,5 +1,5 @@
-"""The asyncio worker (`--mode async`): one event loop, one AsyncOpenAI client per endpoint, up to
-`-c` calls in flight, speaking the same pipe protocol as the threaded worker in `worker.py`.
+"""The asyncio worker (`--mode async`): one event loop, async chat clients for each endpoint
+(`provider.pools`), up to `-c` calls in flight, speaking the same pipe protocol as the threaded worker in `worker.py`.
 
 The manager never sends a worker more than `-c` tasks at once, so the loop needs no semaphore:
 every task that arrives is started at once, and its outcome is sent back when it ends. Outcomes
@@ -24,7 +24,7 @@ from .worker import Outcome, Task, WorkerSpec, prepare, serve_signals, surprise
 
 
 async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
-    """`worker.execute` for an AsyncOpenAI client: never raises for a call or row problem."""
+    """`worker.execute` for an async chat client: never raises for a call or row problem."""
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)

@@ -2,7 +2,7 @@
 
 - `process` (default): P worker processes, each with K threads (one blocking call per thread).
 - `thread`: one worker process with K threads, for small jobs or where forking many processes is unwelcome.
-- `async`: P worker processes, each an asyncio loop with an AsyncOpenAI client and up to K calls in flight.
+- `async`: P worker processes, each an asyncio loop with up to K calls in flight.
 """
 from __future__ import annotations
 

@@ -300,7 +300,7 @@ class GuardedTransport(httpx2.HTTPTransport):
 
 
 class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
-    """For AsyncOpenAI: the size cap and the redirect rule; the deadline is `asyncio.timeout`."""
+    """For async clients: the size cap and the redirect rule; the deadline is `asyncio.timeout`."""
 
     def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
