@@ -15,7 +15,7 @@ from ..errors import RejectedError, TransientError
 from ..engine import retry
 from ..outputs import records
 from ..provider.answer import completion_from_body, wants_json, with_extracted
-from ..provider.status import error_for_status
+from ..provider.status import error_for_status, status_detail
 from ..state.batches import BatchEntry
 from . import crash
 from .pack import key_of, row_of
@@ -140,7 +140,7 @@ def _line_error(response: dict | None, error: dict | None):
         body = response.get("body") if isinstance(response.get("body"), dict) else {}
         detail = body.get("error") if isinstance(body.get("error"), dict) else {}
         status = response["status_code"]
-        return error_for_status(status, f"HTTP {status}: {detail.get('message') or 'no message'}"[:500])
+        return error_for_status(status, status_detail(status, detail.get("message") or "no message"))
     code = (error or {}).get("code")
     message = f"{code}: {(error or {}).get('message')}" if code else "the request has no response"
     err = TransientError(message) if code in _RETRY_CODES or code is None else RejectedError(message)

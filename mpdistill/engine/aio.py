@@ -1,10 +1,12 @@
 """The asyncio worker (`--mode async`): one event loop, async chat clients for each endpoint
-(`provider.pools`), up to `-c` calls in flight, speaking the same pipe protocol as the threaded worker in `worker.py`.
+(`provider.pools`), up to `-c` calls in flight, speaking the same pipe protocol as the threaded
+worker in `worker.py`.
 
 The manager never sends a worker more than `-c` tasks at once, so the loop needs no semaphore:
 every task that arrives is started at once, and its outcome is sent back when it ends. Outcomes
-leave through a sender thread (those that ended together in one message): a loop blocked on a full pipe would stop reading tasks while the
-manager, blocked on sending them, stops reading outcomes (a deadlock once -c tasks fill the pipe).
+leave through a sender thread (those that ended together in one message): a loop blocked on a
+full pipe would stop reading tasks while the manager, blocked on sending them, stops reading
+outcomes (a deadlock once -c tasks fill the pipe).
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The process pool: start workers, hand each a task, collect outcomes, notice deaths.
 
 Each worker has its own duplex pipe, multiplexed by one epoll selector (with each worker's
-process sentinel, to notice deaths); that pipe set is the result queue. A message from a worker is
-one Outcome, or a list of them (an async worker sends what ended together in one message). The in-flight table
-(`flights.InFlight`) says which worker holds which task: that is what lets a killed worker's rows
+process sentinel, to notice deaths); that pipe set is the result queue. A message from a worker
+is one Outcome, or a list of them (an async worker sends what ended together in one message).
+The in-flight table (`flights.InFlight`) says which worker holds which task: that is what lets a killed worker's rows
 be re-queued at once instead of being lost or waiting for a timeout.
 """
 from __future__ import annotations

@@ -19,9 +19,10 @@ import httpx2
 from .answer import Completion, finish
 from .endpoint import Endpoint
 from .http import DEFAULT_MAX_RESPONSE_BYTES, http_client
-from .status import MAX_DETAIL, NO_KEY, error_for_status, interesting_headers, redact_key
+from .status import (MAX_DETAIL, NO_KEY, deadline_error, error_for_status, interesting_headers, redact_key,
+                     status_detail)
 from .transport import GuardedTransport, ReplayNetwork, deadline, redacted
-from ..errors import CallError, CallTimeoutError, ConnectError, MpdistillError
+from ..errors import CallError, ConnectError, MpdistillError
 from .. import __version__
 
 USER_AGENT = f"mpdistill/{__version__}"
@@ -78,7 +79,7 @@ async def acomplete(api: ChatClient, request: dict, timeout: float | None = None
         async with asyncio.timeout(timeout):
             response = await api.http.send(_build(api, request, timeout))
     except TimeoutError as err:
-        raise CallTimeoutError(f"no complete answer within the {timeout:g} s deadline (--timeout)") from err
+        raise deadline_error(timeout, redacted(api.url)) from err
     except httpx2.HTTPError as err:
         raise _transport_error(err, api, timeout) from err
     return _finish(response, api, request)
@@ -97,14 +98,14 @@ def _build(api: ChatClient, request: dict, timeout: float | None) -> httpx2.Requ
 
 
 def _finish(response: httpx2.Response, api: ChatClient, request: dict) -> Completion:
-    headers = interesting_headers(response.headers)
     if not 200 <= response.status_code < 300:
-        raise error_for_status(response.status_code, _detail(response, api.api_key), response.headers)
-    return finish(response.status_code, response.content, headers, request)
+        detail = status_detail(response.status_code, _message(response), api.api_key)
+        raise error_for_status(response.status_code, detail, response.headers)
+    return finish(response.status_code, response.content, interesting_headers(response.headers), request)
 
 
-def _detail(response: httpx2.Response, api_key: str) -> str:
-    """`HTTP <status>: <server's error message>`, short, never holding the key."""
+def _message(response: httpx2.Response) -> str:
+    """The server's error message: the JSON body's (error.)message, else the body's text."""
     try:
         data = json.loads(response.content)
     except ValueError:
@@ -113,15 +114,14 @@ def _detail(response: httpx2.Response, api_key: str) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message.strip():
         message = response.content.decode("utf-8", "replace").strip() or response.reason_phrase
-    return redact_key(f"HTTP {response.status_code}: {message}"[:MAX_DETAIL], api_key)
+    return message
 
 
 def _transport_error(err: httpx2.HTTPError, api: ChatClient, timeout: float | None) -> MpdistillError:
     """The mpdistill error of a request that got no answer."""
     where = redacted(err.request.url) if _has_request(err) else redacted(api.url)
     if isinstance(err, httpx2.TimeoutException):
-        limit = f"the {timeout:g} s deadline (--timeout)" if timeout is not None else "the timeout"
-        return CallTimeoutError(f"no complete answer within {limit} from {where}")
+        return deadline_error(timeout, where)
     if isinstance(err, httpx2.TransportError):
         return ConnectError(redact_key(f"cannot connect to {where}: {err}", api.api_key))
     return CallError(redact_key(f"{type(err).__name__}: {err}"[:MAX_DETAIL], api.api_key))

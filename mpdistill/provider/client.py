@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 
-import httpx2
 import openai
 
 from .endpoint import Endpoint
 from .http import http_client
-from .status import MAX_DETAIL, NO_KEY, error_for_status, redact_key
+from .status import MAX_DETAIL, NO_KEY, deadline_error, error_for_status, redact_key, status_detail
 from .transport import redacted
-from ..errors import CallError, CallTimeoutError, ConnectError, MpdistillError
+from ..errors import CallError, ConnectError, MpdistillError
 
 
 def make_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
@@ -27,14 +26,8 @@ def make_client(endpoint: Endpoint, timeout: float, connections: int | None = No
     every in-flight request keeps its connection alive instead of reconnecting. Answers beyond
     `max_response_bytes` fail (None: no cap, e.g. for Batch API file downloads).
     """
-    return sdk_client(endpoint, timeout, http_client(timeout, connections, max_response_bytes))
-
-
-def sdk_client(endpoint: Endpoint, timeout: float, http: httpx2.Client | httpx2.AsyncClient):
-    """The SDK client of `endpoint` on `http` (async when `http` is), with no retries of its own."""
-    kind = openai.AsyncOpenAI if isinstance(http, httpx2.AsyncClient) else openai.OpenAI
-    return kind(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url, timeout=timeout,
-                max_retries=0, http_client=http)
+    return openai.OpenAI(api_key=endpoint.api_key or NO_KEY, base_url=endpoint.base_url, timeout=timeout,
+                         max_retries=0, http_client=http_client(timeout, connections, max_response_bytes))
 
 
 @contextlib.contextmanager
@@ -49,25 +42,22 @@ def sdk_errors(client, timeout: float | None = None):
 def call_error(err: openai.APIError, api_key: object, timeout: float | None = None) -> MpdistillError:
     """The mpdistill error for an SDK exception; ours raised under the SDK (transport) come back as is."""
     if isinstance(err, openai.APITimeoutError):      # before APIConnectionError: it is a subclass
-        limit = f"the {timeout:g} s deadline (--timeout)" if timeout is not None else "the timeout"
-        return CallTimeoutError(f"no complete answer within {limit} from {_where(err)}")
+        return deadline_error(timeout, _where(err))
     if isinstance(err, openai.APIConnectionError):
         if isinstance(err.__cause__, MpdistillError):
             return err.__cause__
         return ConnectError(f"cannot connect to {_where(err)}: {err.__cause__ or err}")
     if isinstance(err, openai.APIStatusError):
-        message = redact_key(_status_detail(err), api_key)
-        return error_for_status(err.status_code, message, err.response.headers)
+        return error_for_status(err.status_code, status_detail(err.status_code, _message(err), api_key),
+                                err.response.headers)
     return CallError(f"{type(err).__name__}: {redact_key(str(err), api_key)}"[:MAX_DETAIL])
 
 
-def _status_detail(err: openai.APIStatusError) -> str:
-    """`HTTP <status>: <server's error message>`, short."""
+def _message(err: openai.APIStatusError) -> str:
+    """The server's error message as the SDK parsed it (a text body, e.g. a proxy's HTML, as is)."""
     body = err.body
-    detail = body.get("message") if isinstance(body, dict) else body   # text body: e.g. a proxy's HTML
-    if not isinstance(detail, str) or not detail.strip():
-        detail = err.message
-    return f"HTTP {err.status_code}: {detail or err.message}"[:MAX_DETAIL]
+    detail = body.get("message") if isinstance(body, dict) else body
+    return detail if isinstance(detail, str) and detail.strip() else err.message
 
 
 def _where(err: openai.APIError) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..engine.retry import parse_retry_after
-from ..errors import AuthError, BadResponseError, CallError, RateLimitError, RejectedError, ServerError
+from ..errors import (AuthError, BadResponseError, CallError, CallTimeoutError, RateLimitError, RejectedError,
+                      ServerError)
 
 # The SDK refuses an empty key; keyless servers (vLLM, llama.cpp, Ollama) ignore whatever we send.
 NO_KEY = "EMPTY"
@@ -30,6 +31,17 @@ def error_for_status(status: int, message: str, headers: Mapping[str, str] | Non
         return RejectedError(message, status=status, headers=kept)
     # 1xx/3xx reaching here means the answer cannot be used at all.
     return BadResponseError(message, status=status, headers=kept)
+
+
+def status_detail(status: int, message: str, api_key: object = None) -> str:
+    """`HTTP <status>: <server's message>`, short, never holding the key: every error's message."""
+    return redact_key(f"HTTP {status}: {message}"[:MAX_DETAIL], api_key)
+
+
+def deadline_error(timeout: float | None, where: str | None = None) -> CallTimeoutError:
+    """The error of a call that had no complete answer within its deadline (`--timeout`)."""
+    limit = f"the {timeout:g} s deadline (--timeout)" if timeout is not None else "the timeout"
+    return CallTimeoutError(f"no complete answer within {limit}" + (f" from {where}" if where else ""))
 
 
 def interesting_headers(headers: Mapping[str, str]) -> dict:
