@@ -31,6 +31,19 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Run OpenAI-compatible chat completions over a JSONL dataset, "
                 "crash-safe and resumable.")
     p.add_argument("--version", action="version", version=f"mpdistill {__version__}")
+    _mode_flags(p)
+    _io_flags(p)
+    _api_flags(p)
+    _run_flags(p)
+    _batch_flags(p)
+    _checkpoint_flags(p)
+    _display_flags(p)
+    _observe_flags(p)
+    return p
+
+
+def _mode_flags(p: argparse.ArgumentParser) -> None:
+    """The modes besides a run: status, validate, stop."""
     mode = p.add_argument_group("other modes (python run_multiprocess.py …)")
     mode.add_argument("--status", action="store_true", help="show the progress of a running or stopped run")
     mode.add_argument("--watch", action="store_true", help="with --status: refresh until interrupted")
@@ -41,6 +54,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     mode.add_argument("--emit-retry", metavar="FILE", help="with --validate: write the rows still to do to FILE")
     mode.add_argument("--stop", action="store_true", help="ask a running run to stop gracefully")
     mode.add_argument("--now", action="store_true", help="with --stop: cancel in-flight calls too")
+
+
+def _io_flags(p: argparse.ArgumentParser) -> None:
+    """Input and output files and formats."""
     io = p.add_argument_group("input and output")
     io.add_argument("-i", "--input", help="input JSONL (default: config.py INPUT_FILE, else the bundled sample)")
     io.add_argument("-o", "--output", help="output JSONL; {model} is replaced (default output/{model}_results.jsonl)")
@@ -57,6 +74,14 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
                     help="local images may also come from DIR (repeatable; default: the input's folder only)")
     io.add_argument("--max-image-bytes", type=int, help="larger local images are error rows (default 20 MB)")
     io.add_argument("--config", metavar="YAML", help="YAML file of settings (the RunConfig field names)")
+    io.add_argument("--output-format", choices=("mpdistill", "openai-batch"),
+                    help="openai-batch: write OpenAI Batch API output lines")
+    io.add_argument("--explode-samples", action="store_true", default=None,
+                    help="with n > 1: one output row per sample instead of a `samples` list")
+
+
+def _api_flags(p: argparse.ArgumentParser) -> None:
+    """Model, endpoints and request parameters."""
     api = p.add_argument_group("model and API")
     api.add_argument("-m", "--model", help="model name (default gpt-4o-mini; mock-model with the mock)")
     api.add_argument("--base-url", help="OpenAI-compatible base URL (env OPENAI_BASE_URL)")
@@ -69,12 +94,12 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     api.add_argument("--system", help="system prompt for rows that have none")
     api.add_argument("--max-tokens", type=int)
     api.add_argument("--temperature", type=float)
-    io.add_argument("--output-format", choices=("mpdistill", "openai-batch"),
-                    help="openai-batch: write OpenAI Batch API output lines")
-    io.add_argument("--explode-samples", action="store_true", default=None,
-                    help="with n > 1: one output row per sample instead of a `samples` list")
     api.add_argument("--response-format", choices=("text", "json"),
                      help="json: ask for a JSON object and store it parsed as `extracted`")
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """Pool shape, timeouts, retries, rounds."""
     run = p.add_argument_group("running")
     run.add_argument("-p", "--processes", type=int, help="worker processes (default config.PROCESSES, 64)")
     run.add_argument("-c", "--concurrency", type=int, help="requests in flight per process (default 1)")
@@ -90,6 +115,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     run.add_argument("--delay", type=float, help="seconds between iterations")
     run.add_argument("--grace", type=float, help="seconds in-flight calls may finish after Ctrl-C (default 30)")
     run.add_argument("--max-outage", type=float, help="stop after every endpoint is down this long (default 300)")
+
+
+def _batch_flags(p: argparse.ArgumentParser) -> None:
+    """Batch API and response cache."""
     bt = p.add_argument_group("Batch API and cache (see README: Batch API, Cache)")
     bt.add_argument("--via", choices=("online", "batch"), help="batch: run through the provider's Batch API")
     bt.add_argument("--batch-size", dest="batch_max_requests", type=int, help="requests per batch (default 50000)")
@@ -105,6 +134,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     bt.add_argument("--cache-only", action="store_true", default=None, help="answer from the cache; misses fail")
     bt.add_argument("--cache-sampled", action="store_true", default=None,
                     help="cache requests with temperature > 0 too (off: a sample is not replayed)")
+
+
+def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    """Checkpoints and resume."""
     ck = p.add_argument_group("checkpoints and resume")
     ck.add_argument("--checkpoint-interval", type=int, help="save every N durable rows (default 10)")
     ck.add_argument("--checkpoint-dir", help="default checkpoints/")
@@ -113,6 +146,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     ck.add_argument("--retry-failed", action="store_true", default=None, help="try the rows of the errors file again")
     ck.add_argument("--resume-by-id", action="store_true", default=None,
                     help="the input was edited: match the output to it by id and run exactly the rows not in it")
+
+
+def _display_flags(p: argparse.ArgumentParser) -> None:
+    """Logs and progress; refused short flags."""
     out = p.add_argument_group("display")
     out.add_argument("--log-dir", help="default logs/")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -120,6 +157,10 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
     out.add_argument("-v", action=_RefusedShortFlag, hint="use --verbose (more log) or --validate "
                      "(check the output; what -v meant in the older tool)")
     out.add_argument("-s", action=_RefusedShortFlag, hint="use --status (what -s meant in the older tool)")
+
+
+def _observe_flags(p: argparse.ArgumentParser) -> None:
+    """Metrics, traces and hooks."""
     obs = p.add_argument_group("metrics, traces, hooks")
     obs.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics of this run on this port")
     obs.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
@@ -130,8 +171,6 @@ def run_parser(prog: str = "mpdistill") -> argparse.ArgumentParser:
                      help="do not write logs/<run>/<endpoint>.log")
     obs.add_argument("--on-finish", metavar="CMD",
                      help="shell command run when the run ends (env MPDISTILL_OUTPUT, _ERRORS, _SUMMARY)")
-    return p
-
 
 class _RefusedShortFlag(argparse.Action):
     """A short flag the older tool gave another meaning: refused with a hint, so it never starts a run."""
