@@ -13,17 +13,16 @@ import signal
 import time
 from collections import deque
 
-from ..errors import AuthError, CallError, CheckpointError, RunAbortedError, TransientError
+from ..errors import CheckpointError, RunAbortedError
 from ..inputs.rows import BadRow, Blank, Idle
 from ..outputs import records
 from ..engine.ratelimit import Meter
 from ..engine.view import RunView, job_counts
 from ..state.batches import BatchJournal, journal_path
 from ..state.stopfile import check_stop
-from . import calls, crash
-from .collect import Collector
 from .lanes import Lanes
-from .submit import Submitter, TERMINAL
+from .poll import Poller
+from .submit import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class BatchRunner:
         self.lanes = Lanes(spec.endpoints, max_batches=cfg.batch_max_in_flight, max_tokens=cfg.batch_max_tokens)
         self.submit = Submitter(self, spec)
         self.retry_queue: deque = deque()        # (entry, keys) of closed batches to pack again
-        self.polls: dict[str, float] = {}        # local -> next poll time
+        self.poller = Poller(self)
         self.exhausted = False
         self._taken = 0                          # rows taken from the input (for --limit)
         self._limited = False
@@ -116,7 +115,7 @@ class BatchRunner:
                 self.lanes.add(endpoint.name, entry.tokens)
         for entry in self.journal.entries.values():
             if not entry.open:
-                self._remove_files(entry)
+                self.poller.remove_files(entry)
         if self.journal.open_batches():
             log.info("%d batch(es) of an earlier run are open; collecting them", len(self.journal.open_batches()))
 
@@ -128,7 +127,7 @@ class BatchRunner:
             elif not self._stop:
                 self.submit.advance_all()
                 self.submit.fill()
-            self._poll_due()
+            self.poller.poll_due()
             self._progress()
             self._tick()
             if not self._done():
@@ -152,7 +151,7 @@ class BatchRunner:
         return any(self.lanes.find(e.key_hash) for e in self.journal.open_batches())
 
     def _sleep_for(self) -> float:
-        due = [t for t in self.polls.values()] or [time.monotonic() + self.cfg.batch_poll]
+        due = [t for t in self.poller.polls.values()] or [time.monotonic() + self.cfg.batch_poll]
         return max(0.01, min(min(due) - time.monotonic(), 0.5))
 
     def _shutdown(self) -> None:
@@ -202,89 +201,6 @@ class BatchRunner:
             return entry
         return None
 
-    # ---- polling ------------------------------------------------------------------------------
-
-    def _poll_due(self) -> None:
-        now = time.monotonic()
-        for entry in self.journal.open_batches():
-            if entry.state != "created" or self.polls.get(entry.local, 0) > now:
-                continue
-            endpoint = self.lanes.find(entry.key_hash)
-            if endpoint is None:
-                continue  # reported by Submitter.unreachable
-            self.polls[entry.local] = now + self.cfg.batch_poll
-            try:
-                batch = calls.retrieve(self.submit.client(endpoint), entry.batch_id)
-            except CallError as err:
-                self._poll_failed(entry, err)
-                continue
-            crash.point("polling")
-            entry.status = batch.status
-            counts = batch.request_counts
-            entry.counts = {"total": counts.total, "completed": counts.completed, "failed": counts.failed} \
-                if counts else {}
-            if batch.status in TERMINAL:
-                self._collect(entry, endpoint, batch)
-
-    def _poll_failed(self, entry, err: CallError) -> None:
-        if isinstance(err, TransientError):
-            log.warning("batch %s: poll failed (%s); trying again later", entry.batch_id, err)
-            return
-        if isinstance(err, AuthError):
-            self.lanes.disable(entry.endpoint, f"HTTP {err.status}: key rejected")
-            log.error("batch %s cannot be polled with its key any more (%s): its rows are submitted again "
-                      "elsewhere; the provider may still run (and bill) it", entry.batch_id, err)
-            self._close(entry, [], returned=list(entry.keys))
-            return
-        log.error("batch %s: %s; its rows go round again", entry.batch_id, err)
-        self._close(entry, [k for k in entry.keys if not self.job.checkpoint.is_done(k)])
-
-    def _collect(self, entry, endpoint, batch) -> None:
-        """Download a finished batch's files and write its rows; then journal it closed."""
-        api = self.submit.client(endpoint)
-        files = {}
-        for kind, file_id in (("out", batch.output_file_id), ("err", batch.error_file_id)):
-            if file_id:
-                try:
-                    files[kind] = calls.download(api, file_id, self.journal.dir / f"{entry.local}.{kind}.jsonl")
-                except CallError as err:
-                    log.warning("batch %s: cannot download %s (%s); trying again later", entry.batch_id, file_id, err)
-                    return
-        reason = _batch_reason(batch)
-        entry.errors = reason if batch.status == "failed" else None
-        collector = Collector(self.job, self.journal.attempts, self.cfg.max_retries, endpoint=endpoint.name,
-                              batch_id=entry.batch_id, turnaround_s=max(0.0, time.time() - (batch.created_at or 0)),
-                              cancelled=batch.status == "cancelled" and bool(self.cfg.cancel_batches),
-                              answered=self.observer.answered)
-        outcome = collector.collect(entry, self.journal.rows_file(entry), files.get("out"), files.get("err"), reason)
-        if self.cache is not None:
-            self.cache.store_batch(self.job, files.get("out"), self.journal.rows_file(entry))
-        log.info("batch %s (%s) %s: %d answered, %d failed, %d to resubmit", entry.local, entry.batch_id,
-                 batch.status, outcome.ok, outcome.failed, len(outcome.retry))
-        self._close(entry, outcome.retry, returned=outcome.returned)
-
-    def _close(self, entry, retry: list[int], returned: list[int] = ()) -> None:
-        """Journal the batch closed; rows to retry (or returned: not the rows' fault) go round again.
-
-        `retry` rows use up one of their retries; on a rerun both kinds come from the input again.
-        """
-        if self.lanes.find(entry.key_hash):
-            self.lanes.remove(entry.endpoint, entry.tokens)
-        self.journal.closed(entry, retry)
-        self.polls.pop(entry.local, None)
-        again = set(retry) | set(returned)
-        if again:
-            self.retry_queue.append((entry, again))
-        else:
-            self._remove_files(entry)
-
-    def _remove_files(self, entry) -> None:
-        for suffix in (".jsonl", ".rows.jsonl", ".out.jsonl", ".err.jsonl"):
-            try:
-                os.unlink(self.journal.dir / f"{entry.local}{suffix}")
-            except FileNotFoundError:
-                pass
-
     # ---- status -------------------------------------------------------------------------------
 
     def _progress(self, raise_errors: bool = True) -> None:
@@ -324,13 +240,6 @@ class BatchRunner:
             status_extra={"via": "batch", "batches": batches, **cache},
             summary_extra={"via": "batch", "batch_price_factor": self.cfg.batch_price,
                            "batches_created": self.submit.created, "batches_open": opened, **cache})
-
-
-def _batch_reason(batch) -> str:
-    errors = getattr(batch, "errors", None)
-    data = getattr(errors, "data", None) or []
-    detail = "; ".join(f"{e.code}: {e.message}" for e in data if e is not None)
-    return f"batch {batch.id} {batch.status}" + (f" ({detail})" if detail else "")
 
 
 def _install_signals(stop):

@@ -93,7 +93,7 @@ class Submitter:
             self._not_before[entry.local] = time.monotonic() + self.r.cfg.batch_poll
         except CallError as err:
             log.error("batch %s refused by %s: %s; its rows go round again", entry.local, endpoint.name, err)
-            self.r._close(entry, list(entry.keys))
+            self.r.poller.close(entry, list(entry.keys))
 
     def _create(self, entry: BatchEntry, endpoint, api) -> None:
         batch = calls.create(api, entry.file_id, entry.marker)
@@ -104,7 +104,7 @@ class Submitter:
 
     def _created(self, entry: BatchEntry, batch_id: str) -> None:
         self.r.journal.created(entry, batch_id)
-        self.r.polls[entry.local] = time.monotonic() + self.r.cfg.batch_poll
+        self.r.poller.polls[entry.local] = time.monotonic() + self.r.cfg.batch_poll
 
     def _move(self, entry: BatchEntry) -> None:
         """A batch its (rejected) key never created goes to another endpoint, when one has room."""
@@ -122,20 +122,20 @@ class Submitter:
         for entry in self.r.journal.open_batches():
             endpoint = self.r.lanes.find(entry.key_hash)
             if entry.state in ("packed", "uploaded") or endpoint is None:
-                self.r._close(entry, [], returned=list(entry.keys))
+                self.r.poller.close(entry, [], returned=list(entry.keys))
                 continue
             api = self.client(endpoint)
             try:
                 if entry.state == "creating":
                     found = calls.find(api, entry.marker)
                     if found is None:
-                        self.r._close(entry, [], returned=list(entry.keys))
+                        self.r.poller.close(entry, [], returned=list(entry.keys))
                         continue
                     self._created(entry, found.id)
                 if entry.batch_id not in self._cancel_sent:
                     calls.cancel(api, entry.batch_id)
                     self._cancel_sent.add(entry.batch_id)
-                    self.r.polls[entry.local] = 0.0
+                    self.r.poller.polls[entry.local] = 0.0
                     log.warning("batch %s (%s): cancel requested", entry.local, entry.batch_id)
             except CallError as err:
                 log.warning("batch %s: cannot cancel (%s); trying again", entry.batch_id, err)
@@ -197,7 +197,7 @@ class Submitter:
                     keys.discard(meta["key"])
                     yield (meta["key"], request_line(meta["key"], meta["body"]), raw, _tokens(meta["body"]))
         self.r.retry_queue.popleft()
-        self.r._remove_files(entry)
+        self.r.poller.remove_files(entry)
 
     def _item(self, row):
         job = self.r.job
