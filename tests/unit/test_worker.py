@@ -33,3 +33,13 @@ def test_preload_warms_up_offline_and_makes_every_client():
                       timeout=5)
     clients = preload(spec)
     assert clients.get("a") is not clients.get("b")
+
+
+def test_preload_imports_what_a_first_call_would_import_in_each_worker():
+    """After preload, a call's host lookup imports nothing (the idna codec is there for workers to share)."""
+    import subprocess
+    import sys
+    code = ("import sys; from mpdistill.engine.worker import WorkerSpec, preload; "
+            "preload(WorkerSpec(endpoints=(), timeout=5)); print('encodings.idna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
