@@ -43,3 +43,30 @@ def test_preload_imports_what_a_first_call_would_import_in_each_worker():
             "preload(WorkerSpec(endpoints=(), timeout=5)); print('encodings.idna' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_sigterm_during_a_call_answers_it_then_exits():
+    """A -c 1 worker given SIGTERM mid-call sends that call's answer, then exits 0 (and takes no more)."""
+    import os
+    import pickle
+    import signal
+    import multiprocess as mp
+    from mpdistill.engine.worker import worker_main
+    from mpdistill.mock.server import MockServer
+    from mpdistill.provider.endpoint import Endpoint
+    from tests.conftest import wait_for
+    with MockServer(latency_ms=1500) as server:
+        spec = WorkerSpec(endpoints=(Endpoint("e", server.url),), timeout=30)
+        ctx = mp.get_context("fork")
+        ours, theirs = ctx.Pipe()
+        worker = ctx.Process(target=worker_main, args=(theirs, spec), daemon=True)
+        worker.start()
+        request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        ours.send_bytes(pickle.dumps(Task(1, "e", request)))
+        assert wait_for(lambda: server.stats()["in_flight"] == 1, 30)
+        os.kill(worker.pid, signal.SIGTERM)
+        assert ours.poll(30)
+        outcome = pickle.loads(ours.recv_bytes())
+        worker.join(30)
+    assert outcome.tid == 1 and outcome.error is None and outcome.completion is not None
+    assert worker.exitcode == 0
