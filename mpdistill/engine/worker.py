@@ -7,11 +7,13 @@ code can run in another executor (Ray actors, Slurm shards) unchanged.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -278,9 +280,44 @@ def _yield_to_manager() -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the manager dies (kill -9 leaves no one to tell us)."""
+    """Exit when the manager dies (kill -9 leaves no one to tell us).
+
+    On Linux the kernel kills this worker when the manager does (PR_SET_PDEATHSIG); elsewhere a
+    thread watches the parent pid. The kernel's signal follows the thread that forked us, not the
+    process, so a worker forked from another thread of the manager is watched by the thread too.
+    """
+    if _FORKED_BY_MAIN_THREAD[0] and _die_with_parent():
+        if os.getppid() != parent:   # the manager died before the kernel was asked
+            os._exit(0)
+        return
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(0)
     threading.Thread(target=watch, daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent thread ends; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False   # no prctl in this libc: the thread watches
+
+
+# Whether the last fork of this process was made by its main thread (set in the parent, read in
+# the child: see `_watch_parent`).
+_FORKED_BY_MAIN_THREAD = [True]
+
+
+def _note_forking_thread() -> None:
+    _FORKED_BY_MAIN_THREAD[0] = threading.current_thread() is threading.main_thread()
+
+
+os.register_at_fork(before=_note_forking_thread)

@@ -77,6 +77,29 @@ def test_kill9_of_a_worker_requeues_its_rows(tmp_path, slow_server, mode):
     _assert_exact(wd, 200)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_workers_exit_when_the_manager_is_killed(tmp_path, slow_server, mode):
+    """kill -9 of the manager mid-run leaves no worker behind (none is told; each notices)."""
+    wd = Workdir(tmp_path, slow_server.url, mode)
+    write_jsonl(wd.input, _rows(2000))
+    proc = wd.popen(processes=4)
+    _wait_rows(wd, 20, proc)
+    workers = _children(proc.pid)
+    assert workers
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert wait_for(lambda: not any(_running(pid) for pid in workers), 30), "a worker outlived its manager"
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_torn_last_line_is_backed_up_and_cut(workdir):
     """A crash mid-write leaves a torn line: it is saved aside, cut off, and the row redone."""
     write_jsonl(workdir.input, _rows(20))

@@ -45,6 +45,35 @@ def test_preload_imports_what_a_first_call_would_import_in_each_worker():
     assert out.stdout.strip() == "True", out.stderr
 
 
+def _answer_pings(conn) -> None:
+    from mpdistill.engine.worker import serve_signals
+    serve_signals()
+    while conn.recv() == "ping":
+        conn.send("alive")
+
+
+def test_a_worker_forked_by_a_thread_outlives_that_thread():
+    """The kernel's parent-death signal follows the forking thread: a worker forked by a thread that
+    then ends must live on (it watches the manager's pid instead)."""
+    import threading
+    import time
+    import multiprocess as mp
+    ctx = mp.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    box = []
+    thread = threading.Thread(target=lambda: box.append(ctx.Process(target=_answer_pings, args=(theirs,),
+                                                                    daemon=True)) or box[0].start())
+    thread.start()
+    thread.join()
+    time.sleep(0.3)   # the kernel signals a thread's death as the thread ends
+    try:
+        ours.send("ping")
+        assert ours.poll(10) and ours.recv() == "alive"
+    finally:
+        ours.send("stop")
+        box[0].join(10)
+
+
 def test_sigterm_during_a_call_answers_it_then_exits():
     """A -c 1 worker given SIGTERM mid-call sends that call's answer, then exits 0 (and takes no more)."""
     import os
