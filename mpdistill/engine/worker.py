@@ -301,14 +301,24 @@ def _watch_parent(parent: int) -> None:
 _PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 
 
+def _libc_prctl():
+    """libc's prctl where there is one (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up here, in the manager: made in a worker, ctypes builds a function type (~50 kB of
+# copied pages in each).
+_PRCTL = _libc_prctl()
+
+
 def _die_with_parent() -> bool:
     """Ask Linux to SIGKILL this process when its parent thread ends; False where it cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False   # no prctl in this libc: the thread watches
+    return _PRCTL is not None and _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
 
 
 # Whether the last fork of this process was made by its main thread (set in the parent, read in
