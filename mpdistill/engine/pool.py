@@ -20,6 +20,7 @@ import multiprocess as mp
 
 from . import modes
 from .flights import Flight, InFlight
+from .forked import ForkedProcess
 from .worker import Outcome, Task, WorkerSpec, preload
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,7 @@ class _Worker:
     def __init__(self, ctx, slot: int, spec: WorkerSpec, clients=None) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=modes.entry(spec.mode), args=(child, spec, clients), daemon=True,
-                                   name=f"mpdistill-worker-{slot}")
+        self.process = _process(ctx, modes.entry(spec.mode), (child, spec, clients), f"mpdistill-worker-{slot}")
         with _frozen_heap():
             self.process.start()
         child.close()
@@ -51,6 +51,20 @@ class _Worker:
     def readable(self) -> bool:
         """True when the pipe has bytes (or EOF) to read now."""
         return bool(self._poller.poll(0))
+
+    def release(self) -> None:
+        """Close the pipe, and the process's sentinel once it has exited."""
+        self.conn.close()
+        if not self.process.is_alive():
+            self.process.close()
+
+
+def _process(ctx, target, args: tuple, name: str):
+    """A bare fork where the platform forks (see `forked`: less copied memory per worker), else
+    the context's own process (spawn)."""
+    if ctx.get_start_method() == "fork":
+        return ForkedProcess(target, args, name)
+    return ctx.Process(target=target, args=args, daemon=True, name=name)
 
 
 class WorkerPool:
@@ -180,7 +194,7 @@ class WorkerPool:
         else:  # SIGTERM: it answered what it held and left
             log.info("worker %d (pid %s) exited; starting another", worker.slot, worker.process.pid)
         self._unwatch(worker)
-        worker.conn.close()
+        worker.release()
         self._workers[worker.slot] = self._watch(_Worker(self._ctx, worker.slot, self.spec, self._clients))
         return lost
 
@@ -208,6 +222,6 @@ class WorkerPool:
         for worker in self._workers:
             worker.process.join(5)
             self._unwatch(worker)
-            worker.conn.close()
+            worker.release()
         self._workers = []
         self.flights.clear()
