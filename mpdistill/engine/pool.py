@@ -8,7 +8,6 @@ be re-queued at once instead of being lost or waiting for a timeout.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import pickle
@@ -26,15 +25,16 @@ from .worker import Outcome, Task, WorkerSpec, preload
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _frozen_heap():
-    """Fork with the manager's objects out of the GC's reach, so that a worker's collections do
-    not write to (and so copy) every page it shares with the manager."""
+def _freeze_heap() -> None:
+    """Before a fork: every object the manager has now, out of its GC's reach for the rest of the run.
+
+    A collection writes to the header of every object it examines. In a worker that would copy
+    every page it shares with the manager; in the manager, after the fork, it copies them as
+    well (the workers keep the old pages, the manager makes new ones): ~10 MB at -p 64. Frozen
+    objects are still freed by their refcounts; only a cycle of them that becomes garbage
+    during the run waits for `WorkerPool.kill`, which gives them back to the GC.
+    """
     gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class _Worker:
@@ -42,8 +42,8 @@ class _Worker:
         self.slot = slot
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = _process(ctx, modes.entry(spec.mode), (child, spec, clients), f"mpdistill-worker-{slot}")
-        with _frozen_heap():
-            self.process.start()
+        _freeze_heap()
+        self.process.start()
         child.close()
         self._poller = select.poll()   # "anything more to read?" without building a selector
         self._poller.register(self.conn, select.POLLIN)
@@ -225,3 +225,4 @@ class WorkerPool:
             worker.release()
         self._workers = []
         self.flights.clear()
+        gc.unfreeze()   # no more forks: the manager's GC may collect everything again
