@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import select
 import itertools
 import socket
+import ssl
 import time
 from typing import Any, AsyncIterator, Iterator
 
@@ -259,6 +261,13 @@ class _AsyncCappedStream(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The trust store every transport of this process verifies servers with, loaded once (httpx
+    loads it again for each transport, ~50 ms of CPU each; forked workers inherit this one)."""
+    return httpx2.create_ssl_context()
+
+
 def guarded_mounts(max_response_bytes: int | None, limits: httpx2.Limits, *, asynchronous: bool = False) -> dict:
     """The environment's proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) as guarded transports, for
     `mounts=`: handing httpx a transport of our own turns its lookup of proxies off."""
@@ -279,7 +288,7 @@ class GuardedTransport(httpx2.HTTPTransport):
 
     def __init__(self, max_response_bytes: int | None = None, network: httpcore2.NetworkBackend | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"verify": tls_context(), **kwargs})
         self._cap = max_response_bytes
         pool = getattr(self, "_pool", None)
         if isinstance(pool, httpcore2.ConnectionPool):   # direct connections (not through a proxy)
@@ -303,7 +312,7 @@ class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
     """For async clients: the size cap and the redirect rule; the deadline is `asyncio.timeout`."""
 
     def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"verify": tls_context(), **kwargs})
         self._cap = max_response_bytes
         pool = getattr(self, "_pool", None)
         if isinstance(pool, httpcore2.AsyncConnectionPool):   # direct connections (not through a proxy)
