@@ -88,8 +88,9 @@ def complete(api: ChatClient, request: dict, timeout: float | None = None) -> Co
 async def acomplete(api: ChatClient, request: dict, timeout: float | None = None) -> Completion:
     """`complete` in an event loop: the same request, deadline, answer and errors."""
     try:
-        async with asyncio.timeout(timeout):
-            response = await api.http.send(_build(api, request, timeout))
+        with deadline(timeout):   # what each read and write may skip a timer of its own for
+            async with asyncio.timeout(timeout):
+                response = await api.http.send(_build(api, request, timeout))
     except TimeoutError as err:
         raise deadline_error(timeout, redacted(api.url)) from err
     except httpx2.HTTPError as err:
