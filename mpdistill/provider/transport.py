@@ -18,7 +18,7 @@ import itertools
 import socket
 import ssl
 import time
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import httpcore2
@@ -119,6 +119,7 @@ class _AsyncSocketInfoStream(httpcore2.AsyncNetworkStream):
         if self._bytes is None:   # not httpcore's anyio stream: its own reads and writes
             self.read, self.write = inner.read, inner.write
         self._socket = inner.get_extra_info("socket")
+        self._poll = _poller(self._socket)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
@@ -151,18 +152,19 @@ class _AsyncSocketInfoStream(httpcore2.AsyncNetworkStream):
         return _AsyncSocketInfoStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _readable(self._socket)
+        if info == "is_readable":   # bytes or EOF waiting on an idle connection: the server closed it
+            return self._poll is None or self._socket.fileno() == -1 or bool(self._poll(0))
         return self._inner.get_extra_info(info)
 
 
-def _readable(sock) -> bool:
-    """True when an idle connection's socket has bytes or EOF waiting (the server closed it)."""
+def _poller(sock) -> Callable[[int], list] | None:
+    """`poll` of a poll object watching `sock` for input, made once per connection (httpcore
+    probes each idle connection at every request's start and end); None without a socket."""
     if sock is None or sock.fileno() == -1:
-        return True
+        return None
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    return poller.poll
 
 
 class _AsyncSocketInfoBackend(httpcore2.AsyncNetworkBackend):
