@@ -212,6 +212,9 @@ def _read_yaml(path: str) -> dict:
 
 def program(argv: list[str] | None = None, prog: str = "mpdistill") -> None:
     """Entry point of the `mpdistill` command and the scripts: run, then exit with the code."""
+    # httpcore imports trio when it is installed (~0.1 s of every start-up), yet every async call
+    # here runs on asyncio: the command (never the library) tells it trio is absent.
+    sys.modules.setdefault("trio", None)
     code = main(argv, prog)
     # Nothing is left to free: spare the interpreter's exit a full collection of the SDK's many
     # objects (~0.15 s, much of what resuming a nearly finished run costs).

@@ -172,7 +172,7 @@ class WorkerPool:
         lost: list[Flight] = []
         for key, _ in ready:
             if key.fileobj is key.data.conn:
-                outcomes.extend(self._drain(key.data))
+                outcomes.extend(self._drain(key.data, ready=True))
         for key, _ in ready:
             worker = key.data
             if key.fileobj is not worker.conn and not worker.process.is_alive():
@@ -180,10 +180,13 @@ class WorkerPool:
                 lost.extend(self._replace(worker))
         return outcomes, lost
 
-    def _drain(self, worker: _Worker) -> list[tuple[Outcome, Flight]]:
+    def _drain(self, worker: _Worker, ready: bool = False) -> list[tuple[Outcome, Flight]]:
+        """Every message waiting on `worker`'s pipe (`ready`: the selector just saw one, so the
+        first read needs no poll: a -c 1 worker's pipe is polled once per message, not twice)."""
         out = []
         try:
-            while worker.readable():
+            while ready or worker.readable():
+                ready = False
                 message = pickle.loads(worker.conn.recv_bytes())
                 for outcome in message if isinstance(message, list) else (message,):
                     flight = self.flights.pop(outcome.tid)

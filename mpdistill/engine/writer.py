@@ -16,9 +16,13 @@ from ..errors import MpdistillError, OutputError
 from ..outputs.batch import error_to_batch_output, to_batch_output
 
 
+# One encoder for every line: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def encode_line(record: dict) -> bytes:
     """One JSON line, UTF-8, newline-terminated."""
-    return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    return (_ENCODER.encode(record) + "\n").encode("utf-8")
 
 
 class _File:

@@ -9,16 +9,21 @@ The checks are plain functions, shared by the sync and async transports.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import functools
 import select
 import itertools
 import socket
+import ssl
 import time
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
+import anyio
 import httpcore2
 import httpx2
+from httpcore2._backends.anyio import AnyIOStream as _ANYIO_STREAM
 
 from ..errors import RedirectError, ResponseTooLargeError
 
@@ -33,6 +38,15 @@ def deadline(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _DEADLINE.reset(token)
+
+
+def _tighter(timeout: float | None) -> bool:
+    """True when an operation's `timeout` ends before the call's deadline (which the caller's
+    `asyncio.timeout` enforces), so it needs a timer of its own."""
+    if timeout is None:
+        return False
+    end = _DEADLINE.get()
+    return end is None or time.monotonic() + timeout < end
 
 
 def _clamp(timeout: float | None, timeout_error: type[Exception]) -> float | None:
@@ -88,35 +102,69 @@ class _DeadlineBackend(httpcore2.NetworkBackend):
 
 
 class _AsyncSocketInfoStream(httpcore2.AsyncNetworkStream):
-    """An async connection that answers httpcore's "is_readable" probe from its socket directly.
+    """An async connection that answers httpcore's "is_readable" probe from its socket directly,
+    and reads and writes anyio's byte stream without a cancel scope per operation.
 
     httpcore probes every idle connection of a pool each time a request starts or ends; through
     anyio each probe builds a table of a dozen socket attributes, so at hundreds of connections the
-    probing costs a quarter of an async worker's CPU. Reads and writes go straight to the inner
-    stream (bound methods, no extra await).
+    probing costs a quarter of an async worker's CPU. httpcore also opens an anyio cancel scope
+    around every read and write (a fifth of an async call's CPU); here an operation gets a timer
+    of its own (an `asyncio.timeout`) only when its timeout ends before the call's deadline.
     """
 
     def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
         self._inner = inner
-        self.read, self.write, self.aclose = inner.read, inner.write, inner.aclose
+        self.aclose = inner.aclose
+        self._bytes = getattr(inner, "_stream", None) if isinstance(inner, _ANYIO_STREAM) else None
+        if self._bytes is None:   # not httpcore's anyio stream: its own reads and writes
+            self.read, self.write = inner.read, inner.write
         self._socket = inner.get_extra_info("socket")
+        self._poll = _poller(self._socket)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            if _tighter(timeout):
+                async with asyncio.timeout(timeout):
+                    return await self._bytes.receive(max_bytes)
+            return await self._bytes.receive(max_bytes)
+        except anyio.EndOfStream:
+            return b""
+        except TimeoutError as err:
+            raise httpcore2.ReadTimeout(str(err)) from err
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as err:
+            raise httpcore2.ReadError(str(err)) from err
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            if _tighter(timeout):
+                async with asyncio.timeout(timeout):
+                    await self._bytes.send(buffer)
+            else:
+                await self._bytes.send(buffer)
+        except TimeoutError as err:
+            raise httpcore2.WriteTimeout(str(err)) from err
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as err:
+            raise httpcore2.WriteError(str(err)) from err
 
     async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.AsyncNetworkStream:
         return _AsyncSocketInfoStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _readable(self._socket)
+        if info == "is_readable":   # bytes or EOF waiting on an idle connection: the server closed it
+            return self._poll is None or self._socket.fileno() == -1 or bool(self._poll(0))
         return self._inner.get_extra_info(info)
 
 
-def _readable(sock) -> bool:
-    """True when an idle connection's socket has bytes or EOF waiting (the server closed it)."""
+def _poller(sock) -> Callable[[int], list] | None:
+    """`poll` of a poll object watching `sock` for input, made once per connection (httpcore
+    probes each idle connection at every request's start and end); None without a socket."""
     if sock is None or sock.fileno() == -1:
-        return True
+        return None
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    return poller.poll
 
 
 class _AsyncSocketInfoBackend(httpcore2.AsyncNetworkBackend):
@@ -259,6 +307,13 @@ class _AsyncCappedStream(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The trust store every transport of this process verifies servers with, loaded once (httpx
+    loads it again for each transport, ~50 ms of CPU each; forked workers inherit this one)."""
+    return httpx2.create_ssl_context()
+
+
 def guarded_mounts(max_response_bytes: int | None, limits: httpx2.Limits, *, asynchronous: bool = False) -> dict:
     """The environment's proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) as guarded transports, for
     `mounts=`: handing httpx a transport of our own turns its lookup of proxies off."""
@@ -279,7 +334,7 @@ class GuardedTransport(httpx2.HTTPTransport):
 
     def __init__(self, max_response_bytes: int | None = None, network: httpcore2.NetworkBackend | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"verify": tls_context(), **kwargs})
         self._cap = max_response_bytes
         pool = getattr(self, "_pool", None)
         if isinstance(pool, httpcore2.ConnectionPool):   # direct connections (not through a proxy)
@@ -303,7 +358,7 @@ class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
     """For async clients: the size cap and the redirect rule; the deadline is `asyncio.timeout`."""
 
     def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"verify": tls_context(), **kwargs})
         self._cap = max_response_bytes
         pool = getattr(self, "_pool", None)
         if isinstance(pool, httpcore2.AsyncConnectionPool):   # direct connections (not through a proxy)

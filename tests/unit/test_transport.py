@@ -112,6 +112,21 @@ def test_the_async_client_keeps_the_same_deadline(serve):
         asyncio.run(acomplete(client, dict(REQUEST), timeout=1.0))
 
 
+def _silent(handler) -> None:
+    """Take the request and answer nothing for a minute."""
+    time.sleep(60)
+
+
+@pytest.mark.timeout(20)
+def test_the_async_client_keeps_a_per_request_timeout_tighter_than_the_deadline(serve):
+    """A request's own `timeout` (per read, as the SDK means it) still ends a silent call long
+    before the call's 60 s deadline, though reads skip a timer when the deadline comes first."""
+    srv = serve(_silent)
+    client = chat_client(Endpoint(name="local", base_url=srv.url, api_key=KEY), 60.0, asynchronous=True)
+    with pytest.raises(errors.CallTimeoutError):
+        asyncio.run(acomplete(client, {**REQUEST, "timeout": 0.5}, timeout=60.0))
+
+
 def test_a_call_within_its_deadline_is_untouched(serve):
     """A prompt answer under a deadline is a normal Completion (connection reuse included)."""
     srv = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
