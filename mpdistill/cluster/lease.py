@@ -178,6 +178,13 @@ class LeasedPool:
 
     # -- ending a call --------------------------------------------------------------------------
 
+    def slot(self, name: str) -> float:
+        """When the request just acquired should leave: now (a grant is held until its time)."""
+        return 0.0
+
+    def begin(self) -> None:
+        """Traffic starts now: nothing to do (the service books every grant's time)."""
+
     def release(self, name: str, *, ok: bool, reserved_tokens: int, used_tokens: int | None = None,
                 headers=None) -> None:
         if self._ended_leased(name):

@@ -36,7 +36,7 @@ class BudgetService:
         self._clock = clock
         self._at: float | None = None         # the slot being booked: the pool's time while granting
         self._pool = KeyPool([Endpoint(**{**e, "models": tuple(e.get("models") or ())}) for e in endpoints],
-                             clock=self._pool_time)
+                             clock=self._pool_time, pace_lead=0.0)   # shards send a grant at its time
         self._returned: Counter = Counter()   # grants given back unused: not calls, not errors
         self._grants: Counter = Counter()     # grants per shard, for the snapshot
         self._leased_at: dict[int, float] = {}

@@ -34,13 +34,22 @@ FAST_GROWTH = 0.25
 SLOW_GROWTH = 0.0015
 PROBE_DOUBLING_S = 3.0
 NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, the limit has moved: grow fast
+# Paced requests are booked on one schedule (one interval apart) and handed to workers up to PACE_LEAD_S
+# before their slot, each worker holding its request until then: the manager's loop, the pipe and the
+# worker's wake-up then change when a task reaches its worker, not when its request reaches the server,
+# which is what a strict limiter judges (it rejects a request that comes less than 1/R after the last one).
+# At a high rate the lead is capped at PACE_LEAD_MAX requests: requests handed out ahead leave at the old
+# rate after a cut, so a long lead turns into 429s.
+PACE_LEAD_S = 0.025
+PACE_LEAD_MAX = 1.0
 
 
 class AdaptiveRate:
     """Requests per minute of one endpoint: configured, cut by 429s and probed back up."""
 
-    def __init__(self, configured_rpm: float | None, now: float) -> None:
+    def __init__(self, configured_rpm: float | None, now: float, lead_s: float = PACE_LEAD_S) -> None:
         self.configured = configured_rpm
+        self.lead_s = lead_s      # paced requests are handed out this long before their slot
         self.current = configured_rpm                 # None: unlimited until a 429 teaches a limit
         self.bucket = Bucket(configured_rpm, now, full=False) if configured_rpm is not None else None
         self.sent = Meter()
@@ -49,12 +58,27 @@ class AdaptiveRate:
         self.cut_at = -math.inf                       # when the last cut was made
         self.cut_pending = 0     # calls sent before the last cut still to end: their 429s are old news
         self.ok_since_cut = True  # a 2xx came after the last cut: the endpoint still admits some
+        self.last_slot = -math.inf  # paced: the slot of the last request handed out
 
-    def take(self, now: float) -> None:
-        """One request leaves now."""
+    def take(self, now: float) -> float:
+        """One request is handed out now; returns when it should leave: its slot of the paced schedule
+        (about `lead_s` ahead), or now when the rate is not paced."""
         self.sent.add(now)
+        if self.bucket is None:
+            return now
+        self.bucket.give(-1)
+        if not self.bucket.paced:
+            return now
+        # One interval after the last slot at today's rate, and never sooner than `lead_s` from now:
+        # a task that reaches its worker late (a busy machine) still finds its slot ahead.
+        interval = 60.0 / self.current
+        self.last_slot = max(now + min(self.lead_s, PACE_LEAD_MAX * interval), self.last_slot + interval)
+        return self.last_slot
+
+    def begin(self, now: float) -> None:
+        """Traffic starts now: what the bucket saved before (the pool starting) never leaves as a burst."""
         if self.bucket is not None:
-            self.bucket.give(-1)
+            self.bucket.restart(now)
 
     def wait(self, now: float) -> float:
         """Seconds until the next request may leave."""
@@ -71,9 +95,14 @@ class AdaptiveRate:
     def cut(self, now: float, since: float, in_flight: int, name: str) -> None:
         """Cut once per burst of 429s; `since` is when the traffic measured for the cut began."""
         sent = max(MIN_RPM, self.sent.rpm(now), self.sent.recent_rpm(now, since))  # the minute lags a ramp
-        before = sent if self.current is None else min(self.current, sent)
         # Over less than a second the server's burst allowance inflates the admitted rate: halve then.
         measured = now - since >= RECENT_S
+        # What drew the 429: the rate sent (it may be below the bucket's rate), but before a second of
+        # traffic (a pool still starting, whose average says little of how close together its requests
+        # left) at least half the rate they were let out at.
+        before = sent if self.current is None else min(self.current, sent)
+        if not measured and self.current is not None:
+            before = max(before, self.current * BLIND_DECREASE)
         admitted = self.oks.recent_rpm(now, since) if measured else 0.0
         near = (self.w_max is not None and self.current is not None and sent >= 0.9 * self.current
                 and NEAR_LOW * self.w_max <= self.current <= NEAR_HIGH * self.w_max)
@@ -84,11 +113,13 @@ class AdaptiveRate:
             rpm = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
         else:
             rpm = before * BLIND_DECREASE
-        self.w_max = before
+        # Where growth slows down: near the rate that drew the 429, or after a measured cut near the
+        # limit (what the server admitted, never below the new rate).
+        self.w_max = max(rpm, min(before, admitted)) if measured and not near else before
         self.cut_at = now
         self._set(max(MIN_RPM, rpm), now)
         if self.bucket is not None:
-            self.bucket.pace()   # from now on: evenly spaced requests
+            self.bucket.pace(self.lead_s, PACE_LEAD_MAX)   # from now on: evenly spaced requests
         self.cut_pending, self.ok_since_cut = in_flight, False
         logger.info("endpoint %s: 429, rate %.1f -> %.1f rpm (admitted %.1f%s)",
                     name, before, self.current, admitted, ", near the last limit" if near else "")

@@ -27,6 +27,9 @@ from .worker import Outcome, Task, WorkerSpec, prepare, serve_signals, surprise
 
 async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     """`worker.execute` for an async chat client: never raises for a call or row problem."""
+    hold = task.not_before - time.monotonic()
+    if hold > 0:
+        await asyncio.sleep(hold)
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
@@ -109,10 +112,20 @@ class _AsyncWorker:
         if not self.stopped.done():
             self.stopped.set_result(None)
 
+    def _make_clients(self) -> None:
+        """Every endpoint's clients, before the first task is read: made by the first call instead,
+        they hold back the tasks that arrive meanwhile, which then leave as one burst."""
+        for name in self.endpoints:
+            try:
+                self.clients_for(name)
+            except Exception:  # the call that needs it reports the error (see `call`)
+                pass
+
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
         self.sender.start()
+        self._make_clients()
         loop.add_reader(self.conn.fileno(), self.on_readable)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         await self.stopped

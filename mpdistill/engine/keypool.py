@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..provider.endpoint import Endpoint, mask_key
 from . import hints
-from .adaptive import AdaptiveRate
+from .adaptive import PACE_LEAD_S, AdaptiveRate
 from .ratelimit import Bucket
 from .retry import RetryPolicy, backoff
 
@@ -58,6 +58,7 @@ class _State:
     streak: int = 0                   # consecutive transient failures
     rested_until: float = -math.inf   # end of the last real rest (not a paced interval): rates restart there
     pass_: float = 0.0                # weighted round-robin position
+    slot: float = 0.0                 # when the request acquired last should leave (the paced schedule)
     disabled_reason: str | None = None
 
 
@@ -66,7 +67,9 @@ class KeyPool:
 
     def __init__(self, endpoints: list[Endpoint], *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, cooldown_base: float = 1.0,
-                 cooldown_max: float = 60.0) -> None:
+                 cooldown_max: float = 60.0, pace_lead: float = PACE_LEAD_S) -> None:
+        """`pace_lead`: how long before its slot a paced request is handed out (0: when it is due, for
+        a pool whose callers send at once: the cluster's budget service)."""
         _check_pool(endpoints)
         self._clock = clock
         self._rng = rng or random.Random()
@@ -74,7 +77,7 @@ class KeyPool:
         self._cooldowns = RetryPolicy(base_delay=cooldown_base, max_delay=cooldown_max, jitter=COOLDOWN_JITTER)
         self._vtime = 0.0
         now = clock()
-        self._states = {e.name: _new_state(e, i, now) for i, e in enumerate(endpoints)}
+        self._states = {e.name: _new_state(e, i, now, pace_lead) for i, e in enumerate(endpoints)}
 
     # -- choosing -------------------------------------------------------------------------------
 
@@ -87,6 +90,18 @@ class KeyPool:
         st = min(ready, key=self._rank)
         self._reserve(st, est, now)
         return st.endpoint.name
+
+    def slot(self, name: str) -> float:
+        """When the request just acquired on `name` should leave: its slot of the endpoint's paced
+        schedule (about `pace_lead` ahead), or the time it was acquired."""
+        return self._state(name).slot
+
+    def begin(self) -> None:
+        """Traffic starts now (the first worker is up): budgets saved while the pool started do not
+        leave as one burst."""
+        now = self._clock()
+        for st in self._states.values():
+            st.rate.begin(now)
 
     def wait_time(self, model: str, est_tokens: int) -> float | None:
         """Seconds until `acquire` could succeed (0.0: now); None if no enabled endpoint serves `model`."""
@@ -129,7 +144,7 @@ class KeyPool:
     def _reserve(self, st: _State, est: int, now: float) -> None:
         st.in_flight += 1
         st.n_requests += 1
-        st.rate.take(now)
+        st.slot = st.rate.take(now)
         if st.tokens is not None:
             st.tokens.give(-est)
         # Stride scheduling: an endpoint that was unavailable for a while does not catch up in a burst.
@@ -304,9 +319,9 @@ def _check_pool(endpoints: list[Endpoint]) -> None:
             raise ConfigError(f"endpoint {e.name!r}: weight, rpm, tpm and max_concurrency must be > 0")
 
 
-def _new_state(endpoint: Endpoint, index: int, now: float) -> _State:
+def _new_state(endpoint: Endpoint, index: int, now: float, pace_lead: float) -> _State:
     tpm = endpoint.tpm
-    return _State(endpoint=endpoint, index=index, rate=AdaptiveRate(endpoint.rpm, now),
+    return _State(endpoint=endpoint, index=index, rate=AdaptiveRate(endpoint.rpm, now, pace_lead),
                   tokens=Bucket(tpm, now) if tpm is not None else None)
 
 

@@ -17,15 +17,25 @@ class Bucket:
 
     This is the budget interface of the key pool: `wait`, `give` (negative: take), `hold`,
     `set_rate`, `pace`, `fraction`. A bucket holds `burst_s` seconds of its rate; `pace()` shrinks
-    it to one token, so requests leave evenly spaced, one interval after the previous one.
+    it to one token, so requests leave evenly spaced, one interval after the previous one, and lets
+    each be taken up to `lead_s` before its token is there (the caller holds it until its slot).
     """
 
     def __init__(self, per_minute: float, now: float, *, full: bool = True, burst_s: float = BURST_S) -> None:
         self.rate = per_minute / 60.0
         self.burst_s = burst_s
-        self.capacity = max(1.0, self.rate * burst_s)
+        self.lead_s: float | None = None    # paced: a token may be taken this long before it is there
+        self.lead_max = 0.0                 # ... and at most this many tokens before
+        self.capacity = self._capacity()
         self.tokens = self.capacity if full else 1.0
         self.stamp = now
+
+    def _capacity(self) -> float:
+        return 1.0 if self.lead_s is not None else max(1.0, self.rate * self.burst_s)
+
+    @property
+    def paced(self) -> bool:
+        return self.lead_s is not None
 
     def refill(self, now: float) -> None:
         if now > self.stamp:
@@ -35,20 +45,30 @@ class Bucket:
     def set_rate(self, per_minute: float, now: float) -> None:
         self.refill(now)
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * self.burst_s)
+        self.capacity = self._capacity()
         self.tokens = min(self.tokens, self.capacity)
 
-    def pace(self) -> None:
-        """Hold one token from now on: no burst, requests evenly spaced."""
-        self.burst_s = 0.0
-        self.capacity = 1.0
+    def pace(self, lead_s: float = 0.0, lead_max: float = 0.0) -> None:
+        """Hold one token from now on: no burst, requests evenly spaced, each of them taken up to
+        `lead_s` (and `lead_max` tokens) before its time."""
+        self.lead_s, self.lead_max = lead_s, lead_max
+        self.capacity = self._capacity()
         self.tokens = min(self.tokens, 1.0)
+
+    def restart(self, now: float) -> None:
+        """Refill from `now` with one token: what accrued before (a pool starting) never leaves as a burst."""
+        self.tokens = min(self.tokens, 1.0)
+        self.stamp = now
 
     def wait(self, amount: float, now: float) -> float:
         """Seconds until `amount` may be taken; 0.0 when it may be taken now."""
         self.refill(now)
-        short = min(amount, self.capacity) - self.tokens
+        short = min(amount, self.capacity) - self.tokens - self.ahead()
         return 0.0 if short <= _EPS else max(0.0, self.stamp - now) + short / self.rate
+
+    def ahead(self) -> float:
+        """Tokens that may be taken before they are there (paced only)."""
+        return min(self.rate * self.lead_s, self.lead_max) if self.lead_s else 0.0
 
     def give(self, amount: float) -> None:
         """Add (or, when negative, take) tokens."""

@@ -200,8 +200,11 @@ class Runner:
             job = self.jobs[item.job]
             request = build_request(job.model, job.params, job.system, item.row.request)
             started = self.pool.started
-            self.pool.submit(Task(tid, endpoint, request), Flight(tid, item, endpoint, est))
+            task = Task(tid, endpoint, request, self.keypool.slot(endpoint))
+            self.pool.submit(task, Flight(tid, item, endpoint, est))
             if self.pool.started != started:
+                if not started:
+                    self.keypool.begin()   # the first worker is up: rates count from now
                 self._forked = True
                 return
 

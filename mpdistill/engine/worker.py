@@ -50,11 +50,14 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class Task:
-    """One request to make: `tid` identifies this attempt in the manager's in-flight table."""
+    """One request to make: `tid` identifies this attempt in the manager's in-flight table;
+    `not_before` (time.monotonic(), shared by every process of the machine) is a paced request's
+    slot, which the worker holds it until."""
 
     tid: int
     endpoint: str
     request: dict
+    not_before: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,10 @@ class Outcome:
 
 
 def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
-    """Make the call of `task` with client `api`; never raises for a call or row problem."""
+    """Make the call of `task` with client `api` (at its slot); never raises for a call or row problem."""
+    hold = task.not_before - time.monotonic()
+    if hold > 0:
+        time.sleep(hold)
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)

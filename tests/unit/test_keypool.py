@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import heapq
 import random
 
 import pytest
@@ -309,21 +310,25 @@ class SlidingWindowServer:
 
 
 def simulate(limit_rps: int, configured_rpm: float | None, seconds: float = 60.0) -> tuple[float, float]:
-    """Acquire as fast as allowed against the fake server; return (ok rate / limit, share of 429s)."""
+    """Acquire as fast as allowed against the fake server, each request answered at once when it
+    reaches the server at its slot; return (ok rate / limit, share of 429s)."""
     pool, clock = make(ep(rpm=configured_rpm), rng=random.Random(7))
-    start, server, ok, limited = clock.t, SlidingWindowServer(limit_rps), 0, 0
+    start, server, ok, limited, held = clock.t, SlidingWindowServer(limit_rps), 0, 0, []
     while clock.t - start < seconds:
+        while held and held[0][0] <= clock.t:
+            _, _, name = heapq.heappop(held)
+            accepted, retry_after = server.call(clock.t)
+            ok, limited = ok + accepted, limited + (not accepted)
+            if accepted:
+                pool.release(name, ok=True, reserved_tokens=100, used_tokens=100)
+            else:
+                pool.rate_limited(name, retry_after, 100)
         name = pool.acquire("m", 100)
-        if name is None:
-            clock.advance(max(pool.wait_time("m", 100), 1e-6))
+        if name is not None:
+            heapq.heappush(held, (max(clock.t, pool.slot(name)), ok + limited + len(held), name))
             continue
-        accepted, retry_after = server.call(clock.t)
-        if accepted:
-            ok += 1
-            pool.release(name, ok=True, reserved_tokens=100, used_tokens=100)
-        else:
-            limited += 1
-            pool.rate_limited(name, retry_after, 100)
+        wait = max(pool.wait_time("m", 100), 1e-6)
+        clock.advance(min(wait, held[0][0] - clock.t) if held else wait)
     return ok / seconds / limit_rps, limited / (ok + limited)
 
 
