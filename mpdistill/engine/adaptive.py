@@ -113,9 +113,7 @@ class AdaptiveRate:
             rpm = min(before, max(before * DECREASE, admitted * ADMITTED_MARGIN))
         else:
             rpm = before * BLIND_DECREASE
-        # Where growth slows down: near the rate that drew the 429, or after a measured cut near the
-        # limit (what the server admitted, never below the new rate).
-        self.w_max = max(rpm, min(before, admitted)) if measured and not near else before
+        self.w_max = before
         self.cut_at = now
         self._set(max(MIN_RPM, rpm), now)
         if self.bucket is not None:
