@@ -65,12 +65,7 @@ def test_kill9_manager_at_random_points_then_resume_exactly_once(tmp_path, slow_
 @pytest.mark.parametrize("mode", MODES)
 def test_kill9_of_a_worker_requeues_its_rows(tmp_path, slow_server, mode):
     """A worker killed mid-run is replaced and its in-flight rows are redone; nothing lost."""
-    wd = Workdir(tmp_path, slow_server.url, mode)
-    write_jsonl(wd.input, _rows(200))
-    proc = wd.popen(processes=4)
-    _wait_rows(wd, 20, proc)
-    workers = _children(proc.pid)
-    assert workers
+    wd, proc, workers = _midway(tmp_path, slow_server.url, mode, 200)
     os.kill(workers[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -80,15 +75,21 @@ def test_kill9_of_a_worker_requeues_its_rows(tmp_path, slow_server, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_workers_exit_when_the_manager_is_killed(tmp_path, slow_server, mode):
     """kill -9 of the manager mid-run leaves no worker behind (none is told; each notices)."""
-    wd = Workdir(tmp_path, slow_server.url, mode)
-    write_jsonl(wd.input, _rows(2000))
+    _, proc, workers = _midway(tmp_path, slow_server.url, mode, 2000)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert wait_for(lambda: not any(_running(pid) for pid in workers), 30), "a worker outlived its manager"
+
+
+def _midway(tmp_path, url: str, mode: str, rows: int):
+    """A -p 4 run of `rows` rows with 20 of them written: (workdir, manager process, worker pids)."""
+    wd = Workdir(tmp_path, url, mode)
+    write_jsonl(wd.input, _rows(rows))
     proc = wd.popen(processes=4)
     _wait_rows(wd, 20, proc)
     workers = _children(proc.pid)
     assert workers
-    proc.kill()
-    proc.communicate(timeout=30)
-    assert wait_for(lambda: not any(_running(pid) for pid in workers), 30), "a worker outlived its manager"
+    return wd, proc, workers
 
 
 def _running(pid: int) -> bool:
