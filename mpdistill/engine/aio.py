@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import MpdistillError, to_info
 from ..provider import chat
 from ..provider.pools import ClientSet
-from .worker import Outcome, Task, WorkerSpec, prepare, serve_signals, surprise
+from .worker import Outcome, Task, WorkerSpec, prepare, ready, serve_signals, surprise
 
 
 async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
@@ -126,6 +126,7 @@ class _AsyncWorker:
         self.stopped = loop.create_future()
         self.sender.start()
         self._make_clients()
+        ready(self.conn)
         loop.add_reader(self.conn.fileno(), self.on_readable)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         await self.stopped

@@ -115,6 +115,11 @@ class WorkerPool:
             except (KeyError, ValueError):
                 pass  # never registered, or its fd is already closed
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the first worker's first message (it is ready for tasks, or it
+        died); the message itself is read by `wait` as usual (an empty list of outcomes)."""
+        return bool(self._workers) and bool(self._workers[0]._poller.poll(max(0, int(timeout * 1000))))
+
     @property
     def started(self) -> int:
         """Workers started so far (the pool grows on demand, up to `processes`)."""

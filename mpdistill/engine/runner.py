@@ -31,6 +31,7 @@ from .worker import Task, WorkerSpec
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 1.0
+FIRST_WORKER_WAIT_S = 2.0   # at most this long for the first worker to say it is ready
 
 
 class Runner:
@@ -203,8 +204,9 @@ class Runner:
             task = Task(tid, endpoint, request, self.keypool.slot(endpoint))
             self.pool.submit(task, Flight(tid, item, endpoint, est))
             if self.pool.started != started:
-                if not started:
-                    self.keypool.begin()   # the first worker is up: rates count from now
+                if not started:   # rates count from when the first worker takes tasks: no start-up burst
+                    self.pool.wait_ready(FIRST_WORKER_WAIT_S)
+                    self.keypool.begin()
                 self._forked = True
                 return
 

@@ -173,6 +173,7 @@ def _serve_threads(conn, clients: _Clients, spec: WorkerSpec) -> None:
                for _ in range(spec.concurrency)]
     for thread in threads:
         thread.start()
+    ready(conn)
     try:
         while True:
             task = pickle.loads(conn.recv_bytes())
@@ -187,6 +188,18 @@ def _serve_threads(conn, clients: _Clients, spec: WorkerSpec) -> None:
         tasks.put(None)
     for thread in threads:
         thread.join()
+
+
+# A worker's first message: an empty list of outcomes, which the pool reads as "ready for tasks".
+_READY = pickle.dumps([], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def ready(conn) -> None:
+    """Tell the manager this worker takes tasks now (see `pool.WorkerPool.wait_ready`)."""
+    try:
+        conn.send_bytes(_READY)
+    except OSError:
+        os._exit(0)  # the manager is gone
 
 
 def serve_signals() -> None:
@@ -227,6 +240,7 @@ class _Inline:
 
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        ready(self.conn)
         try:
             while not self.stopping:
                 task = pickle.loads(self.conn.recv_bytes())

@@ -94,6 +94,7 @@ def test_sigterm_during_a_call_answers_it_then_exits():
         ours.send_bytes(pickle.dumps(Task(1, "e", request)))
         assert wait_for(lambda: server.stats()["in_flight"] == 1, 30)
         os.kill(worker.pid, signal.SIGTERM)
+        assert ours.poll(30) and pickle.loads(ours.recv_bytes()) == []   # the worker says it is ready
         assert ours.poll(30)
         outcome = pickle.loads(ours.recv_bytes())
         worker.join(30)
