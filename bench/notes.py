@@ -124,17 +124,17 @@ MISSES: dict[str, dict[str, str]] = {
     },
     "w8-": {
         "limit": (
-            "Paced requests now carry their slot and workers hold them until it, so jitter costs few 429s "
-            "(0.5-0.7 % in process and thread mode on the quiet machine). What is left: the rate after the "
-            "first second sits a little below R (a gentle cut near the limit), and probing back up starts at "
-            "+0.15 %/s, doubling every 3 s, so a 20 s run spends most of its steady window climbing the last "
-            "5-10 % (the per-second counts below). Async mode adds an opening burst: tasks handed to a worker "
-            "still starting its event loop leave together (7-18 429s in the first second). On a fake clock "
-            "(tests/unit/test_adaptive.py, 60 s, a tenth of the tasks 10 ms late) the same limiter gives "
-            "0.96-0.97 R with 0.8 % 429s at 20 r/s and 0.98 R with 0.3 % at 50 r/s."),
+            "Paced requests carry their slot and workers hold them until it, and rate budgets start when "
+            "the first worker says it is ready, so few requests are answered 429 (0.4-1.2 % in every mode "
+            "on the quiet machine). What is left is the rate: one early 429 a little below R (a fresh "
+            "worker's first call, slowed by its copy-on-write page faults, leaves late) sets where probing "
+            "slows down, and probing back up starts at +0.15 %/s, doubling every 3 s, so a 20 s run spends "
+            "most of its steady window climbing the last 5-10 % (the per-second counts below). On a fake "
+            "clock (tests/unit/test_adaptive.py, 60 s, a tenth of the tasks 10 ms late) the same limiter "
+            "gives 0.96-0.97 R with 0.8 % 429s at 20 r/s and 0.98 R with 0.3 % at 50 r/s."),
         "move": ("Faster probing (SLOW_GROWTH 0.005, PROBE_DOUBLING_S 2 in engine/adaptive.py) gave 0.94-0.96 R "
-                 "here but 2.7 % 429s against the sliding-window simulation of tests/unit/test_keypool.py; a "
-                 "ready message from a new worker before the rate budget starts would remove the opening burst."),
+                 "here but 2.3-2.7 % 429s against the sliding-window simulation of tests/unit/test_keypool.py; "
+                 "or a longer run (the probing reaches R within ~15 s)."),
     },
     "w9-": {
         "limit": (
