@@ -27,9 +27,8 @@ from .worker import Outcome, Task, WorkerSpec, prepare, ready, serve_signals, su
 
 async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     """`worker.execute` for an async chat client: never raises for a call or row problem."""
-    hold = task.not_before - time.monotonic()
-    if hold > 0:
-        await asyncio.sleep(hold)
+    if task.hold_s() > 0:
+        await asyncio.sleep(task.hold_s())
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)

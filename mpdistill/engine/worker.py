@@ -59,6 +59,10 @@ class Task:
     request: dict
     not_before: float = 0.0
 
+    def hold_s(self) -> float:
+        """Seconds until this task's slot (0.0 or less: it may leave now)."""
+        return self.not_before - time.monotonic()
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -72,9 +76,8 @@ class Outcome:
 
 def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     """Make the call of `task` with client `api` (at its slot); never raises for a call or row problem."""
-    hold = task.not_before - time.monotonic()
-    if hold > 0:
-        time.sleep(hold)
+    if task.hold_s() > 0:
+        time.sleep(max(0.0, task.hold_s()))
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
