@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 
 from .ratelimit import RECENT_S, Bucket, Meter
 
@@ -42,6 +43,15 @@ NEAR_LOW, NEAR_HIGH = 0.95, 1.1   # above NEAR_HIGH × the last failing rate, th
 # rate after a cut, so a long lead turns into 429s.
 PACE_LEAD_S = 0.025
 PACE_LEAD_MAX = 1.0
+# The rate paced requests drew a 429 at is the spacing of the last few slots sent: a second's average
+# lags the fast growth before it (a ramp from 15 to 20 r/s averages 17.5), and a limit learnt that low
+# would be probed back up slowly, for most of a run.
+PACE_SAMPLE = 4
+# The worker spends the last AWAKE_SHARE of a paced request's interval (at most AWAKE_MAX_S) before its
+# slot awake, not asleep: a process woken on a busy machine runs up to ~2 ms late, which at 20 r/s
+# (50 ms apart) is a 429 at 0.96 R. Spinning costs at most AWAKE_SHARE of one core, whatever the rate.
+AWAKE_SHARE = 0.05
+AWAKE_MAX_S = 0.0015
 
 
 class AdaptiveRate:
@@ -59,6 +69,7 @@ class AdaptiveRate:
         self.cut_pending = 0     # calls sent before the last cut still to end: their 429s are old news
         self.ok_since_cut = True  # a 2xx came after the last cut: the endpoint still admits some
         self.last_slot = -math.inf  # paced: the slot of the last request handed out
+        self.slots: deque[float] = deque(maxlen=2 * PACE_SAMPLE)   # paced: the last slots handed out
 
     def take(self, now: float) -> float:
         """One request is handed out now; returns when it should leave: its slot of the paced schedule
@@ -73,7 +84,22 @@ class AdaptiveRate:
         # a task that reaches its worker late (a busy machine) still finds its slot ahead.
         interval = 60.0 / self.current
         self.last_slot = max(now + min(self.lead_s, PACE_LEAD_MAX * interval), self.last_slot + interval)
+        self.slots.append(self.last_slot)
         return self.last_slot
+
+    def awake_s(self) -> float:
+        """How long before its slot the worker of a paced request stays awake (0.0: not paced)."""
+        if self.bucket is None or not self.bucket.paced:
+            return 0.0
+        return min(AWAKE_MAX_S, AWAKE_SHARE * 60.0 / self.current)
+
+    def paced_rpm(self, now: float) -> float | None:
+        """The rate of the last PACE_SAMPLE paced slots already past (None: too few of them in the last
+        second): what a strict limiter saw just before now."""
+        past = [slot for slot in self.slots if now - RECENT_S <= slot <= now][-PACE_SAMPLE:]
+        if len(past) < 2 or past[-1] <= past[0]:
+            return None
+        return (len(past) - 1) * 60.0 / (past[-1] - past[0])
 
     def begin(self, now: float) -> None:
         """Traffic starts now: what the bucket saved before (the pool starting) never leaves as a burst."""
@@ -97,10 +123,11 @@ class AdaptiveRate:
         sent = max(MIN_RPM, self.sent.rpm(now), self.sent.recent_rpm(now, since))  # the minute lags a ramp
         # Over less than a second the server's burst allowance inflates the admitted rate: halve then.
         measured = now - since >= RECENT_S
-        # What drew the 429: the rate sent (it may be below the bucket's rate), but before a second of
-        # traffic (a pool still starting, whose average says little of how close together its requests
-        # left) at least half the rate they were let out at.
-        before = sent if self.current is None else min(self.current, sent)
+        # What drew the 429: the rate sent (it may be below the bucket's rate; paced, the spacing of the
+        # last slots), but before a second of traffic (a pool still starting, whose average says little
+        # of how close together its requests left) at least half the rate they were let out at.
+        paced = self.paced_rpm(now)
+        before = sent if self.current is None else min(self.current, sent if paced is None else paced)
         if not measured and self.current is not None:
             before = max(before, self.current * BLIND_DECREASE)
         admitted = self.oks.recent_rpm(now, since) if measured else 0.0

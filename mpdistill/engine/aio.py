@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import MpdistillError, to_info
 from ..provider import chat
 from ..provider.pools import ClientSet
-from .worker import Outcome, Task, WorkerSpec, prepare, ready, serve_signals, surprise
+from .worker import Outcome, Task, WorkerSpec, prepare, ready, serve_signals, since, surprise
 
 
 async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
@@ -32,10 +32,11 @@ async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
-        completion = await chat.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start))
-        return Outcome(task.tid, completion, None, time.monotonic() - start)
+        completion = await chat.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start),
+                                          not_before=task.not_before, awake_s=task.awake_s)
+        return Outcome(task.tid, completion, None, since(start, task))
     except MpdistillError as err:
-        return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
+        return Outcome(task.tid, None, to_info(err), since(start, task))
     except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
         return surprise(task.tid, err, start)
 

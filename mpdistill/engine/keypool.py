@@ -96,6 +96,10 @@ class KeyPool:
         schedule (about `pace_lead` ahead), or the time it was acquired."""
         return self._state(name).slot
 
+    def awake_s(self, name: str) -> float:
+        """How long before its slot the worker of the request just acquired on `name` stays awake."""
+        return self._state(name).rate.awake_s()
+
     def begin(self) -> None:
         """Traffic starts now (the first worker is up): budgets saved while the pool started do not
         leave as one burst."""

@@ -201,7 +201,7 @@ class Runner:
             job = self.jobs[item.job]
             request = build_request(job.model, job.params, job.system, item.row.request)
             started = self.pool.started
-            task = Task(tid, endpoint, request, self.keypool.slot(endpoint))
+            task = Task(tid, endpoint, request, self.keypool.slot(endpoint), self.keypool.awake_s(endpoint))
             self.pool.submit(task, Flight(tid, item, endpoint, est))
             if self.pool.started != started:
                 if not started:   # rates count from when the first worker takes tasks: no start-up burst

@@ -27,6 +27,10 @@ from ..inputs import images
 from ..provider.endpoint import Endpoint
 from ..errors import MpdistillError, TransientError, to_info
 
+# A paced call starts this long before its slot: building the request and making its connection
+# (a TLS handshake to a distant server) happen before, so the request leaves at the slot itself.
+SEND_AHEAD_S = 0.05
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -52,16 +56,19 @@ class WorkerSpec:
 class Task:
     """One request to make: `tid` identifies this attempt in the manager's in-flight table;
     `not_before` (time.monotonic(), shared by every process of the machine) is a paced request's
-    slot, which the worker holds it until."""
+    slot. The worker holds the task until SEND_AHEAD_S before it, then builds the request and
+    connects, and the transport holds the first write until the slot itself, the last `awake_s`
+    of it awake (a process woken from a sleep may run late)."""
 
     tid: int
     endpoint: str
     request: dict
     not_before: float = 0.0
+    awake_s: float = 0.0
 
     def hold_s(self) -> float:
-        """Seconds until this task's slot (0.0 or less: it may leave now)."""
-        return self.not_before - time.monotonic()
+        """Seconds until the worker starts this task's call (0.0 or less: now)."""
+        return self.not_before - SEND_AHEAD_S - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,17 @@ def execute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
         left = spec.timeout - (time.monotonic() - start)   # reading images counts in the deadline
-        completion = chat.complete(api, request, timeout=left)
-        return Outcome(task.tid, completion, None, time.monotonic() - start)
+        completion = chat.complete(api, request, timeout=left, not_before=task.not_before, awake_s=task.awake_s)
+        return Outcome(task.tid, completion, None, since(start, task))
     except MpdistillError as err:
-        return Outcome(task.tid, None, to_info(err), time.monotonic() - start)
+        return Outcome(task.tid, None, to_info(err), since(start, task))
     except Exception as err:  # a bug or an SDK surprise: report it, or the task would never come back
         return surprise(task.tid, err, start)
+
+
+def since(start: float, task: Task) -> float:
+    """Seconds the call of `task` took: from `start`, or from its slot when it was held until then."""
+    return time.monotonic() - max(start, task.not_before)
 
 
 def surprise(tid: int, err: Exception, start: float) -> Outcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 import httpx2
@@ -74,22 +75,27 @@ def on_http(endpoint: Endpoint, http: httpx2.Client | httpx2.AsyncClient) -> Cha
     return ChatClient(http, endpoint.base_url.rstrip("/") + "/chat/completions", headers, key)
 
 
-def complete(api: ChatClient, request: dict, timeout: float | None = None) -> Completion:
+def complete(api: ChatClient, request: dict, timeout: float | None = None, not_before: float = 0.0,
+             awake_s: float = 0.0) -> Completion:
     """Make one call with the chat.completions kwargs in `request`, all of it (connect to last byte)
-    within `timeout` seconds; raise a CallError on failure."""
+    within `timeout` seconds of when it may leave: now, or its slot `not_before` (time.monotonic()),
+    which the request is held until once built and connected (the last `awake_s` awake, to leave
+    on time); raise a CallError on failure."""
     try:
-        with deadline(timeout):
+        with deadline(timeout, not_before, awake_s):
             response = api.http.send(_build(api, request, timeout))
     except httpx2.HTTPError as err:
         raise _transport_error(err, api, timeout) from err
     return _finish(response, api, request)
 
 
-async def acomplete(api: ChatClient, request: dict, timeout: float | None = None) -> Completion:
-    """`complete` in an event loop: the same request, deadline, answer and errors."""
+async def acomplete(api: ChatClient, request: dict, timeout: float | None = None,
+                    not_before: float = 0.0, awake_s: float = 0.0) -> Completion:
+    """`complete` in an event loop: the same request, slot, deadline, answer and errors."""
+    held = max(0.0, not_before - time.monotonic())
     try:
-        with deadline(timeout):   # what each read and write may skip a timer of its own for
-            async with asyncio.timeout(timeout):
+        with deadline(timeout, not_before, awake_s):   # what each read and write may skip a timer of its own for
+            async with asyncio.timeout(None if timeout is None else held + timeout):
                 response = await api.http.send(_build(api, request, timeout))
     except TimeoutError as err:
         raise deadline_error(timeout, redacted(api.url)) from err

@@ -3,8 +3,10 @@
 httpx times each socket operation on its own, so a server that drips a byte every few seconds
 never times out. Here every socket operation of a call is clamped to what is left of the call's
 deadline (`deadline`, a context variable: each worker thread has its own), so connect, send, the
-headers and the last byte of the body all fit in `--timeout`. A response over the size cap and a
-redirect to another origin (which would re-send the prompt elsewhere) end the call with an error.
+headers and the last byte of the body all fit in `--timeout`. A paced call's first write waits for
+its slot (`not_before`): the request is built and its connection made before, so the server sees
+the slot, not the slot plus the SDK's and the connection's time. A response over the size cap and
+a redirect to another origin (which would re-send the prompt elsewhere) end the call with an error.
 The checks are plain functions, shared by the sync and async transports.
 """
 from __future__ import annotations
@@ -28,16 +30,48 @@ from httpcore2._backends.anyio import AnyIOStream as _ANYIO_STREAM
 from ..errors import RedirectError, ResponseTooLargeError
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("mpdistill_deadline", default=None)
+_SLOT: contextvars.ContextVar[tuple[float, float]] = contextvars.ContextVar("mpdistill_slot", default=(0.0, 0.0))
 
 
 @contextlib.contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Every socket operation inside the block ends within `seconds` from now (None: no deadline)."""
-    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+def deadline(seconds: float | None, not_before: float = 0.0, awake_s: float = 0.0) -> Iterator[None]:
+    """Every socket operation inside the block ends within `seconds` (None: no deadline) from when
+    the call may leave: now, or `not_before` (time.monotonic()), which its writes wait for, the last
+    `awake_s` of it awake (see `_wait_slot`)."""
+    start = max(time.monotonic(), not_before)
+    token = _DEADLINE.set(None if seconds is None else start + seconds)
+    slot = _SLOT.set((not_before, awake_s))
     try:
         yield
     finally:
         _DEADLINE.reset(token)
+        _SLOT.reset(slot)
+
+
+def _hold_s() -> float:
+    """Seconds a write of the current call still waits for the call's slot (0.0 or less: none)."""
+    return _SLOT.get()[0] - time.monotonic()
+
+
+def _wait_slot() -> None:
+    """Wait for the current call's slot: asleep until its last `awake_s`, then awake (spinning). A
+    process woken from a sleep on a busy machine runs up to ~2 ms late, and a strict limiter judges
+    the gap between two requests; the manager keeps the awake share of every interval small."""
+    at, awake = _SLOT.get()
+    if at - awake - time.monotonic() > 0:
+        time.sleep(max(0.0, at - awake - time.monotonic()))
+    while time.monotonic() < at:
+        pass
+
+
+async def _until_slot() -> None:
+    """`_wait_slot` in an event loop: on the loop's timer (whole milliseconds: epoll), then awake,
+    which holds the loop for at most the awake window."""
+    at, awake = _SLOT.get()
+    if at - awake - time.monotonic() > 0:
+        await asyncio.sleep(at - awake - time.monotonic())
+    while time.monotonic() < at:
+        pass
 
 
 def _tighter(timeout: float | None) -> bool:
@@ -70,6 +104,8 @@ class _DeadlineStream(httpcore2.NetworkStream):
         return self._inner.read(max_bytes, _clamp(timeout, httpcore2.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if _hold_s() > 0:
+            _wait_slot()
         self._inner.write(buffer, _clamp(timeout, httpcore2.WriteTimeout))
 
     def close(self) -> None:
@@ -117,7 +153,7 @@ class _AsyncSocketInfoStream(httpcore2.AsyncNetworkStream):
         self.aclose = inner.aclose
         self._bytes = getattr(inner, "_stream", None) if isinstance(inner, _ANYIO_STREAM) else None
         if self._bytes is None:   # not httpcore's anyio stream: its own reads and writes
-            self.read, self.write = inner.read, inner.write
+            self.read, self._write = inner.read, inner.write
         self._socket = inner.get_extra_info("socket")
         self._poll = _poller(self._socket)
 
@@ -135,6 +171,11 @@ class _AsyncSocketInfoStream(httpcore2.AsyncNetworkStream):
             raise httpcore2.ReadError(str(err)) from err
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if _hold_s() > 0:
+            await _until_slot()
+        await self._write(buffer, timeout)
+
+    async def _write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
         try:

@@ -128,3 +128,28 @@ def test_after_a_429_requests_leave_evenly_spaced():
     assert bucket.wait(1, 10.0) == 0.0
     bucket.give(-1)
     assert bucket.wait(1, 10.0) == pytest.approx(0.1)
+
+
+def test_a_429_after_a_ramp_learns_the_rate_of_the_last_slots():
+    """Paced requests ramping from 15 to 20 r/s draw a 429: the rate it was drawn at is the spacing of
+    the last slots (20 r/s), not the last second's average (~17.5 r/s), which probing would climb
+    back from slowly."""
+    rate = AdaptiveRate(3600.0, now=0.0)
+    rate.cut(now=0.5, since=0.0, in_flight=0, name="a")   # a first, blind cut: paced from now on
+    now = 1.0
+    for step in range(40):
+        rate._set(900.0 + 300.0 * min(1.0, step / 30), now)   # 15 -> 20 r/s over the first 30 requests
+        now = rate.take(now)
+    rate.cut(now=now + 0.002, since=0.0, in_flight=0, name="a")
+    assert rate.w_max == pytest.approx(1200.0, rel=0.01)
+
+
+def test_the_awake_window_is_a_small_share_of_the_interval():
+    """Unpaced requests never spin; paced ones stay awake 5 % of their interval, at most 1.5 ms."""
+    rate = AdaptiveRate(60_000.0, now=0.0)
+    assert rate.awake_s() == 0.0
+    rate.cut(now=0.5, since=0.0, in_flight=0, name="a")
+    rate._set(1200.0, 1.0)     # 20 r/s: 50 ms apart
+    assert rate.awake_s() == pytest.approx(0.0015)
+    rate._set(60_000.0, 1.0)   # 1,000 r/s: 1 ms apart
+    assert rate.awake_s() == pytest.approx(0.00005)

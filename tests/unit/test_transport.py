@@ -1,5 +1,5 @@
 """Unit tests of mpdistill.provider.transport through the real SDK against tiny local servers:
-the total deadline, the response size cap and the same-origin redirect rule."""
+the total deadline, a paced call's slot, the response size cap and the same-origin redirect rule."""
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +30,8 @@ class _Server(socketserver.ThreadingTCPServer):
     def __init__(self, reply) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.reply, self.requests = reply, []
+        self.connected: list[float] = []   # time.monotonic() of each connection accepted
+        self.arrived: list[float] = []     # ... and of each request's head read
 
     @property
     def url(self) -> str:
@@ -40,6 +42,7 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         """Serve requests on one keep-alive connection until the client closes it (a server that
         closed after one answer would race the client's reuse of the connection)."""
+        self.server.connected.append(time.monotonic())
         try:
             while self._one_request() and not getattr(self, "closing", False):
                 pass
@@ -54,6 +57,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if not line:
                 return False
             head += line
+        self.server.arrived.append(time.monotonic())
         length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
         self.rfile.read(length)
         self.server.requests.append(head.split(b" ")[1].decode())
@@ -132,6 +136,38 @@ def test_a_call_within_its_deadline_is_untouched(serve):
     srv = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
     client = _client(srv.url)
     assert [complete(client, dict(REQUEST), timeout=5.0).answer for _ in range(3)] == ["ok"] * 3
+
+
+def _answer(handler) -> None:
+    handler.wfile.write(_head(length=len(ANSWER)) + ANSWER)
+
+
+def _call(url: str, asynchronous: bool, timeout: float, **slot) -> str:
+    """One call through the sync or the async client; its answer."""
+    client = chat_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, asynchronous=asynchronous)
+    if asynchronous:
+        return asyncio.run(acomplete(client, dict(REQUEST), timeout=timeout, **slot)).answer
+    return complete(client, dict(REQUEST), timeout=timeout, **slot).answer
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_paced_call_is_connected_before_its_slot_and_sent_at_it(serve, asynchronous):
+    """A call given a slot 0.3 s ahead connects at once, and its request reaches the server at the
+    slot: never before it, and soon after it."""
+    srv = serve(_answer)
+    slot = time.monotonic() + 0.3
+    assert _call(srv.url, asynchronous, 5.0, not_before=slot, awake_s=0.0015) == "ok"
+    assert srv.connected[0] < slot <= srv.arrived[0] < slot + 0.1, (srv.connected, slot, srv.arrived)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_paced_calls_deadline_counts_from_its_slot(serve, asynchronous):
+    """A 1 s deadline starts at the call's slot (0.5 s ahead), not when it was handed over: an answer
+    0.7 s after the slot (1.2 s after the call began) is in time."""
+    srv = serve(lambda h: (time.sleep(0.7), _answer(h)))
+    assert _call(srv.url, asynchronous, 1.0, not_before=time.monotonic() + 0.5) == "ok"
 
 
 def _big(declared: bool):
