@@ -1,5 +1,5 @@
-"""The asyncio worker (`--mode async`): one event loop, async chat clients for each endpoint
-(`provider.pools`), up to `-c` calls in flight, speaking the same pipe protocol as the threaded
+"""The asyncio worker (`--mode async`): one event loop, an aiohttp chat client for each endpoint
+(`provider.aiochat`), up to `-c` calls in flight, speaking the same pipe protocol as the threaded
 worker in `worker.py`.
 
 The manager never sends a worker more than `-c` tasks at once, so the loop needs no semaphore:
@@ -20,8 +20,7 @@ import time
 from typing import Any
 
 from ..errors import MpdistillError, to_info
-from ..provider import chat
-from ..provider.pools import ClientSet
+from ..provider.aiochat import AioChatClient, acomplete, aio_client
 from .worker import Outcome, Task, WorkerSpec, prepare, ready, serve_signals, since, surprise
 
 
@@ -32,8 +31,8 @@ async def aexecute(task: Task, api: Any, spec: WorkerSpec) -> Outcome:
     start = time.monotonic()
     try:
         request = prepare(task.request, spec, deadline=start + spec.timeout)
-        completion = await chat.acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start),
-                                          not_before=task.not_before, awake_s=task.awake_s)
+        completion = await acomplete(api, request, timeout=spec.timeout - (time.monotonic() - start),
+                                     not_before=task.not_before, awake_s=task.awake_s)
         return Outcome(task.tid, completion, None, since(start, task))
     except MpdistillError as err:
         return Outcome(task.tid, None, to_info(err), since(start, task))
@@ -48,19 +47,17 @@ class _AsyncWorker:
         self.conn = conn
         self.spec = spec
         self.endpoints = {e.name: e for e in spec.endpoints}
-        self.clients: dict[str, ClientSet] = {}
+        self.clients: dict[str, AioChatClient] = {}
         self.running: set[asyncio.Task] = set()
         self.stopped: asyncio.Future | None = None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sender = threading.Thread(target=self._send_all, daemon=True)
 
-    def clients_for(self, name: str) -> ClientSet:
+    def clients_for(self, name: str) -> AioChatClient:
+        """The client of endpoint `name`, made on first use (a session belongs to the running loop)."""
         if name not in self.clients:
-            endpoint, spec = self.endpoints[name], self.spec
-            self.clients[name] = ClientSet(
-                lambda size: chat.chat_client(endpoint, spec.timeout, connections=size,
-                                              max_response_bytes=spec.max_response_bytes, asynchronous=True),
-                spec.concurrency)
+            self.clients[name] = aio_client(self.endpoints[name], self.spec.concurrency,
+                                            self.spec.max_response_bytes)
         return self.clients[name]
 
     def on_readable(self) -> None:
@@ -78,12 +75,11 @@ class _AsyncWorker:
 
     async def call(self, task: Task) -> None:
         try:
-            clients = self.clients_for(task.endpoint)
-        except Exception as err:  # an SDK surprise: report it, or the task would never come back
+            api = self.clients_for(task.endpoint)
+        except Exception as err:  # a client library surprise: report it, or the task would never come back
             outcome = surprise(task.tid, err, time.monotonic())
         else:
-            with clients.lease() as api:
-                outcome = await aexecute(task, api, self.spec)
+            outcome = await aexecute(task, api, self.spec)
         self.outbox.put(outcome)
 
     def _send_all(self) -> None:
@@ -134,9 +130,8 @@ class _AsyncWorker:
             await asyncio.gather(*self.running, return_exceptions=True)
         self.outbox.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self.sender.join)
-        for clients in self.clients.values():
-            for api in clients.clients:
-                await api.aclose()
+        for api in self.clients.values():
+            await api.aclose()
 
 
 def async_worker_main(conn, spec: WorkerSpec, clients=None) -> None:

@@ -6,14 +6,14 @@ a thread and 1.1 ms in an event loop, more than the rest of the call, and import
 most of a second of every run's start-up. For a plain JSON POST whose body mpdistill reads itself
 (see `answer`) it adds nothing, so a call here is one httpx request with the SDK's headers (JSON,
 bearer key) through the guarded transport (deadline, size cap, same-origin redirects: see
-`transport`), and the SDK serves batch mode's Files and Batches calls (see `client`).
+`transport`; an event loop's calls go over aiohttp the same way, see `aiochat`), and the SDK serves
+batch mode's Files and Batches calls (see `client`).
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import httpx2
 
@@ -39,7 +39,7 @@ class ChatClient:
     what `build_request` would redo for every call (a third of the CPU a request costs us).
     """
 
-    http: httpx2.Client | httpx2.AsyncClient
+    http: httpx2.Client
     url: str
     headers: dict
     api_key: str
@@ -55,24 +55,24 @@ class ChatClient:
     def close(self) -> None:
         self.http.close()
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
 
 def chat_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
-                max_response_bytes: int | None = None, *, asynchronous: bool = False) -> ChatClient:
-    """The ChatClient of `endpoint` (an async one for an event loop); see `http.http_client`."""
-    http = http_client(timeout, connections, max_response_bytes, asynchronous=asynchronous)
-    return on_http(endpoint, http)
+                max_response_bytes: int | None = None) -> ChatClient:
+    """The ChatClient of `endpoint`; see `http.http_client` (event loops: `aiochat.aio_client`)."""
+    return on_http(endpoint, http_client(timeout, connections, max_response_bytes))
 
 
-def on_http(endpoint: Endpoint, http: httpx2.Client | httpx2.AsyncClient) -> ChatClient:
-    """A ChatClient of `endpoint` sending on `http`: the SDK's URL and headers, the bearer key
-    (a placeholder for keyless servers, as the SDK sends)."""
-    key = endpoint.api_key or NO_KEY
-    headers = {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": USER_AGENT,
-               "Authorization": f"Bearer {key}"}
-    return ChatClient(http, endpoint.base_url.rstrip("/") + "/chat/completions", headers, key)
+def on_http(endpoint: Endpoint, http: httpx2.Client) -> ChatClient:
+    """A ChatClient of `endpoint` sending on `http`."""
+    return ChatClient(http, endpoint.base_url.rstrip("/") + "/chat/completions", request_headers(endpoint),
+                      endpoint.api_key or NO_KEY)
+
+
+def request_headers(endpoint: Endpoint) -> dict:
+    """The headers of every call to `endpoint`: the SDK's, with the bearer key (a placeholder for
+    keyless servers, as the SDK sends)."""
+    return {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": USER_AGENT,
+            "Authorization": f"Bearer {endpoint.api_key or NO_KEY}"}
 
 
 def complete(api: ChatClient, request: dict, timeout: float | None = None, not_before: float = 0.0,
@@ -89,26 +89,10 @@ def complete(api: ChatClient, request: dict, timeout: float | None = None, not_b
     return _finish(response, api, request)
 
 
-async def acomplete(api: ChatClient, request: dict, timeout: float | None = None,
-                    not_before: float = 0.0, awake_s: float = 0.0) -> Completion:
-    """`complete` in an event loop: the same request, slot, deadline, answer and errors."""
-    held = max(0.0, not_before - time.monotonic())
-    try:
-        with deadline(timeout, not_before, awake_s):   # what each read and write may skip a timer of its own for
-            async with asyncio.timeout(None if timeout is None else held + timeout):
-                response = await api.http.send(_build(api, request, timeout))
-    except TimeoutError as err:
-        raise deadline_error(timeout, redacted(api.url)) from err
-    except httpx2.HTTPError as err:
-        raise _transport_error(err, api, timeout) from err
-    return _finish(response, api, request)
-
-
 def _build(api: ChatClient, request: dict, timeout: float | None) -> httpx2.Request:
     """The POST of `request`: its body, with create's keywords meaning what they mean there
     (extra_body merged into the body, extra_headers and extra_query added, timeout per call)."""
-    body = {k: v for k, v in request.items() if k not in _OPTIONS}
-    body.update(request.get("extra_body") or {})
+    body = body_of(request)
     headers = api.sent_headers
     if request.get("extra_headers"):   # merged as build_request merges them
         headers = httpx2.Headers(api.http.headers)
@@ -121,23 +105,36 @@ def _build(api: ChatClient, request: dict, timeout: float | None) -> httpx2.Requ
                           extensions={"timeout": limits.as_dict()})
 
 
+def body_of(request: dict) -> dict:
+    """The JSON body of `request`: create's keyword arguments, less its own options, extra_body merged."""
+    body = {k: v for k, v in request.items() if k not in _OPTIONS}
+    body.update(request.get("extra_body") or {})
+    return body
+
+
 def _finish(response: httpx2.Response, api: ChatClient, request: dict) -> Completion:
-    if not 200 <= response.status_code < 300:
-        detail = status_detail(response.status_code, _message(response), api.api_key)
-        raise error_for_status(response.status_code, detail, response.headers)
-    return finish(response.status_code, response.content, interesting_headers(response.headers), request)
+    return finish_response(response.status_code, response.content, response.headers, response.reason_phrase,
+                           api.api_key, request)
 
 
-def _message(response: httpx2.Response) -> str:
+def finish_response(status: int, content: bytes, headers: Mapping[str, str], reason: str, api_key: str,
+                    request: dict) -> Completion:
+    """The Completion of an answer, or its CallError (any HTTP client's: plain values)."""
+    if not 200 <= status < 300:
+        raise error_for_status(status, status_detail(status, _message(content, reason), api_key), headers)
+    return finish(status, content, interesting_headers(headers), request)
+
+
+def _message(content: bytes, reason: str) -> str:
     """The server's error message: the JSON body's (error.)message, else the body's text."""
     try:
-        data = json.loads(response.content)
+        data = json.loads(content)
     except ValueError:
         data = None
     body = data.get("error", data) if isinstance(data, dict) else None
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str) or not message.strip():
-        message = response.content.decode("utf-8", "replace").strip() or response.reason_phrase
+        message = content.decode("utf-8", "replace").strip() or reason
     return message
 
 

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import httpx2
 
-from .transport import AsyncGuardedTransport, GuardedTransport, guarded_mounts
+from .transport import GuardedTransport, guarded_mounts
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
-def http_client(timeout: float, connections: int | None = None, max_response_bytes: int | None = None,
-                *, asynchronous: bool = False) -> httpx2.Client | httpx2.AsyncClient:
-    """An httpx client (async for an event loop) with a pool of `connections` (the calls one process
-    keeps in flight, each on a connection kept alive), answers capped at `max_response_bytes`
-    (None: no cap, e.g. for Batch API file downloads)."""
+def http_client(timeout: float, connections: int | None = None,
+                max_response_bytes: int | None = None) -> httpx2.Client:
+    """An httpx client with a pool of `connections` (the calls one process keeps in flight, each on
+    a connection kept alive), answers capped at `max_response_bytes` (None: no cap, e.g. for Batch
+    API file downloads). Event loops call over aiohttp instead (`aiochat`)."""
     limits = _limits(connections)
-    mounts = guarded_mounts(max_response_bytes, limits, asynchronous=asynchronous)
-    if asynchronous:
-        return httpx2.AsyncClient(transport=AsyncGuardedTransport(max_response_bytes, limits=limits),
-                                  mounts=mounts, timeout=timeout, follow_redirects=True)
-    return httpx2.Client(transport=GuardedTransport(max_response_bytes, limits=limits), mounts=mounts,
-                         timeout=timeout, follow_redirects=True)
+    return httpx2.Client(transport=GuardedTransport(max_response_bytes, limits=limits),
+                         mounts=guarded_mounts(max_response_bytes, limits), timeout=timeout, follow_redirects=True)
 
 
 def _limits(connections: int | None) -> httpx2.Limits:

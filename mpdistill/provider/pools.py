@@ -1,10 +1,12 @@
-"""Several SDK clients for one endpoint, so no connection pool grows past POOL_CONNECTIONS.
+"""Several httpx clients for one endpoint of a threaded worker, so no connection pool grows past
+POOL_CONNECTIONS.
 
 httpcore's connection pool walks every one of its connections each time a request starts or
 ends, so the cost of one request grows with the pool: at 1,024 connections in one pool that walk
-costs more CPU than the rest of the call, and an async worker meant to hold 1,024 requests in
-flight topped out at a fifth of that; even at 64 connections the walk is a fifth of the call. Split over clients of at most POOL_CONNECTIONS connections
-each, with every call on the least busy one, the walk stays short at any `-c`.
+costs more CPU than the rest of the call (an event loop on httpx, meant to hold 1,024 requests in
+flight, topped out at a fifth of that), and even at 64 connections the walk is a fifth of the call.
+Split over clients of at most POOL_CONNECTIONS connections each, with every call on the least busy
+one, the walk stays short at any `-c`. (aiohttp's pool, which event loops use, has no such walk.)
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ headers and the last byte of the body all fit in `--timeout`. A paced call's fir
 its slot (`not_before`): the request is built and its connection made before, so the server sees
 the slot, not the slot plus the SDK's and the connection's time. A response over the size cap and
 a redirect to another origin (which would re-send the prompt elsewhere) end the call with an error.
-The checks are plain functions, shared by the sync and async transports.
+The checks and the wait for a slot are plain functions, shared with the event loop's calls (`aiochat`).
 """
 from __future__ import annotations
 
@@ -15,17 +15,14 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import select
 import itertools
 import socket
 import ssl
 import time
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Iterator
 
-import anyio
 import httpcore2
 import httpx2
-from httpcore2._backends.anyio import AnyIOStream as _ANYIO_STREAM
 
 from ..errors import RedirectError, ResponseTooLargeError
 
@@ -48,7 +45,7 @@ def deadline(seconds: float | None, not_before: float = 0.0, awake_s: float = 0.
         _SLOT.reset(slot)
 
 
-def _hold_s() -> float:
+def hold_s() -> float:
     """Seconds a write of the current call still waits for the call's slot (0.0 or less: none)."""
     return _SLOT.get()[0] - time.monotonic()
 
@@ -64,7 +61,7 @@ def _wait_slot() -> None:
         pass
 
 
-async def _until_slot() -> None:
+async def until_slot() -> None:
     """`_wait_slot` in an event loop: on the loop's timer (whole milliseconds: epoll), then awake,
     which holds the loop for at most the awake window."""
     at, awake = _SLOT.get()
@@ -72,15 +69,6 @@ async def _until_slot() -> None:
         await asyncio.sleep(at - awake - time.monotonic())
     while time.monotonic() < at:
         pass
-
-
-def _tighter(timeout: float | None) -> bool:
-    """True when an operation's `timeout` ends before the call's deadline (which the caller's
-    `asyncio.timeout` enforces), so it needs a timer of its own."""
-    if timeout is None:
-        return False
-    end = _DEADLINE.get()
-    return end is None or time.monotonic() + timeout < end
 
 
 def _clamp(timeout: float | None, timeout_error: type[Exception]) -> float | None:
@@ -104,7 +92,7 @@ class _DeadlineStream(httpcore2.NetworkStream):
         return self._inner.read(max_bytes, _clamp(timeout, httpcore2.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if _hold_s() > 0:
+        if hold_s() > 0:
             _wait_slot()
         self._inner.write(buffer, _clamp(timeout, httpcore2.WriteTimeout))
 
@@ -135,94 +123,6 @@ class _DeadlineBackend(httpcore2.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
-
-
-class _AsyncSocketInfoStream(httpcore2.AsyncNetworkStream):
-    """An async connection that answers httpcore's "is_readable" probe from its socket directly,
-    and reads and writes anyio's byte stream without a cancel scope per operation.
-
-    httpcore probes every idle connection of a pool each time a request starts or ends; through
-    anyio each probe builds a table of a dozen socket attributes, so at hundreds of connections the
-    probing costs a quarter of an async worker's CPU. httpcore also opens an anyio cancel scope
-    around every read and write (a fifth of an async call's CPU); here an operation gets a timer
-    of its own (an `asyncio.timeout`) only when its timeout ends before the call's deadline.
-    """
-
-    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self.aclose = inner.aclose
-        self._bytes = getattr(inner, "_stream", None) if isinstance(inner, _ANYIO_STREAM) else None
-        if self._bytes is None:   # not httpcore's anyio stream: its own reads and writes
-            self.read, self._write = inner.read, inner.write
-        self._socket = inner.get_extra_info("socket")
-        self._poll = _poller(self._socket)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            if _tighter(timeout):
-                async with asyncio.timeout(timeout):
-                    return await self._bytes.receive(max_bytes)
-            return await self._bytes.receive(max_bytes)
-        except anyio.EndOfStream:
-            return b""
-        except TimeoutError as err:
-            raise httpcore2.ReadTimeout(str(err)) from err
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as err:
-            raise httpcore2.ReadError(str(err)) from err
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if _hold_s() > 0:
-            await _until_slot()
-        await self._write(buffer, timeout)
-
-    async def _write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            if _tighter(timeout):
-                async with asyncio.timeout(timeout):
-                    await self._bytes.send(buffer)
-            else:
-                await self._bytes.send(buffer)
-        except TimeoutError as err:
-            raise httpcore2.WriteTimeout(str(err)) from err
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as err:
-            raise httpcore2.WriteError(str(err)) from err
-
-    async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.AsyncNetworkStream:
-        return _AsyncSocketInfoStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":   # bytes or EOF waiting on an idle connection: the server closed it
-            return self._poll is None or self._socket.fileno() == -1 or bool(self._poll(0))
-        return self._inner.get_extra_info(info)
-
-
-def _poller(sock) -> Callable[[int], list] | None:
-    """`poll` of a poll object watching `sock` for input, made once per connection (httpcore
-    probes each idle connection at every request's start and end); None without a socket."""
-    if sock is None or sock.fileno() == -1:
-        return None
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return poller.poll
-
-
-class _AsyncSocketInfoBackend(httpcore2.AsyncNetworkBackend):
-    """httpcore's async backend, with connections that answer the readability probe cheaply."""
-
-    def __init__(self, inner: httpcore2.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return _AsyncSocketInfoStream(await self._inner.connect_tcp(host, port, timeout, local_address,
-                                                                    socket_options))
-
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        return _AsyncSocketInfoStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
 
 
 class ReplayNetwork(httpcore2.NetworkBackend):
@@ -294,20 +194,24 @@ def check_redirect(request: httpx2.Request, response: httpx2.Response) -> None:
         return
     target = request.url.join(response.headers["location"])
     if (target.scheme, target.host, target.port) != (request.url.scheme, request.url.host, request.url.port):
-        raise RedirectError(f"HTTP {response.status_code}: redirect from {redacted(request.url)} to "
-                            f"another origin, {redacted(target)}, not followed (it would send the "
-                            "prompt there); point --base-url at the final address",
-                            status=response.status_code)
+        raise redirect_error(response.status_code, request.url, target)
+
+
+def redirect_error(status: int, source, target) -> RedirectError:
+    """The error of a redirect from URL `source` to `target`, another origin: never followed."""
+    return RedirectError(f"HTTP {status}: redirect from {redacted(source)} to another origin, "
+                         f"{redacted(target)}, not followed (it would send the prompt there); "
+                         "point --base-url at the final address", status=status)
 
 
 def check_declared_size(response: httpx2.Response, cap: int | None) -> None:
     """ResponseTooLargeError when the response's Content-Length already says it exceeds `cap`."""
     declared = response.headers.get("content-length", "")
     if cap is not None and declared.isdigit() and int(declared) > cap:
-        raise _too_large(response.status_code, cap)
+        raise too_large(response.status_code, cap)
 
 
-def _too_large(status: int, cap: int) -> ResponseTooLargeError:
+def too_large(status: int, cap: int) -> ResponseTooLargeError:
     return ResponseTooLargeError(f"HTTP {status}: the response exceeds --max-response-bytes "
                                  f"({cap} bytes); not read further", status=status)
 
@@ -323,29 +227,11 @@ class _CappedStream(httpx2.SyncByteStream):
         for chunk in self._inner:
             seen += len(chunk)
             if seen > self._cap:
-                raise _too_large(self._status, self._cap)
+                raise too_large(self._status, self._cap)
             yield chunk
 
     def close(self) -> None:
         self._inner.close()
-
-
-class _AsyncCappedStream(httpx2.AsyncByteStream):
-    """The async twin of `_CappedStream` (the counting is the same three lines)."""
-
-    def __init__(self, inner: httpx2.AsyncByteStream, cap: int, status: int) -> None:
-        self._inner, self._cap, self._status = inner, cap, status
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._cap:
-                raise _too_large(self._status, self._cap)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 @functools.cache
@@ -355,15 +241,14 @@ def tls_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
-def guarded_mounts(max_response_bytes: int | None, limits: httpx2.Limits, *, asynchronous: bool = False) -> dict:
+def guarded_mounts(max_response_bytes: int | None, limits: httpx2.Limits) -> dict:
     """The environment's proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) as guarded transports, for
     `mounts=`: handing httpx a transport of our own turns its lookup of proxies off."""
     try:
         from httpx2._utils import get_environment_proxies   # httpx's own reading of those variables
     except ImportError:   # pragma: no cover (a future httpx2 without it: direct connections only)
         return {}
-    kind = AsyncGuardedTransport if asynchronous else GuardedTransport
-    return {pattern: None if url is None else kind(max_response_bytes, limits=limits, proxy=url)
+    return {pattern: None if url is None else GuardedTransport(max_response_bytes, limits=limits, proxy=url)
             for pattern, url in get_environment_proxies().items()}
 
 
@@ -392,27 +277,4 @@ class GuardedTransport(httpx2.HTTPTransport):
             raise
         if self._cap is not None:
             response.stream = _CappedStream(response.stream, self._cap, response.status_code)
-        return response
-
-
-class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
-    """For async clients: the size cap and the redirect rule; the deadline is `asyncio.timeout`."""
-
-    def __init__(self, max_response_bytes: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**{"verify": tls_context(), **kwargs})
-        self._cap = max_response_bytes
-        pool = getattr(self, "_pool", None)
-        if isinstance(pool, httpcore2.AsyncConnectionPool):   # direct connections (not through a proxy)
-            pool._network_backend = _AsyncSocketInfoBackend(pool._network_backend)
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await super().handle_async_request(request)
-        try:
-            check_redirect(request, response)
-            check_declared_size(response, self._cap)
-        except Exception:
-            await response.aclose()
-            raise
-        if self._cap is not None:
-            response.stream = _AsyncCappedStream(response.stream, self._cap, response.status_code)
         return response

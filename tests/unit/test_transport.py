@@ -12,7 +12,8 @@ import time
 import pytest
 
 from mpdistill import errors
-from mpdistill.provider.chat import acomplete, chat_client, complete
+from mpdistill.provider.aiochat import acomplete, aio_client
+from mpdistill.provider.chat import chat_client, complete
 from mpdistill.provider.endpoint import Endpoint
 
 KEY = "sk-test-0001"
@@ -86,6 +87,17 @@ def _client(url: str, timeout: float = 5.0, cap: int | None = 1 << 20):
     return chat_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, max_response_bytes=cap)
 
 
+def _acall(url: str, request: dict, timeout: float, cap: int | None = 1 << 20, **slot):
+    """One call from an event loop (`aiochat`), its client made and closed inside the loop."""
+    async def run():
+        api = aio_client(Endpoint(name="local", base_url=url, api_key=KEY), 8, cap)
+        try:
+            return await acomplete(api, request, timeout=timeout, **slot)
+        finally:
+            await api.aclose()
+    return asyncio.run(run())
+
+
 def _head(status: str = "200 OK", length: int | None = None, extra: str = "") -> bytes:
     size = f"Content-Length: {length}\r\n" if length is not None else ""
     return f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{size}{extra}\r\n".encode()
@@ -111,9 +123,8 @@ def test_a_dripping_server_fails_at_the_total_deadline(serve):
 def test_the_async_client_keeps_the_same_deadline(serve):
     """acomplete ends a dripping call at its deadline too, with the same error class."""
     srv = serve(_drip)
-    client = chat_client(Endpoint(name="local", base_url=srv.url, api_key=KEY), 1.0, asynchronous=True)
     with pytest.raises(errors.CallTimeoutError):
-        asyncio.run(acomplete(client, dict(REQUEST), timeout=1.0))
+        _acall(srv.url, dict(REQUEST), timeout=1.0)
 
 
 def _silent(handler) -> None:
@@ -126,9 +137,8 @@ def test_the_async_client_keeps_a_per_request_timeout_tighter_than_the_deadline(
     """A request's own `timeout` (per read, as the SDK means it) still ends a silent call long
     before the call's 60 s deadline, though reads skip a timer when the deadline comes first."""
     srv = serve(_silent)
-    client = chat_client(Endpoint(name="local", base_url=srv.url, api_key=KEY), 60.0, asynchronous=True)
     with pytest.raises(errors.CallTimeoutError):
-        asyncio.run(acomplete(client, {**REQUEST, "timeout": 0.5}, timeout=60.0))
+        _acall(srv.url, {**REQUEST, "timeout": 0.5}, timeout=60.0)
 
 
 def test_a_call_within_its_deadline_is_untouched(serve):
@@ -142,12 +152,12 @@ def _answer(handler) -> None:
     handler.wfile.write(_head(length=len(ANSWER)) + ANSWER)
 
 
-def _call(url: str, asynchronous: bool, timeout: float, **slot) -> str:
-    """One call through the sync or the async client; its answer."""
-    client = chat_client(Endpoint(name="local", base_url=url, api_key=KEY), timeout, asynchronous=asynchronous)
+def _call(url: str, asynchronous: bool, timeout: float, request: dict = REQUEST, cap: int | None = 1 << 20,
+          **slot) -> str:
+    """One call through the threaded (httpx) or the event loop's (aiohttp) client; its answer."""
     if asynchronous:
-        return asyncio.run(acomplete(client, dict(REQUEST), timeout=timeout, **slot)).answer
-    return complete(client, dict(REQUEST), timeout=timeout, **slot).answer
+        return _acall(url, dict(request), timeout, cap, **slot).answer
+    return complete(_client(url, timeout, cap), dict(request), timeout=timeout, **slot).answer
 
 
 @pytest.mark.timeout(20)
@@ -179,34 +189,38 @@ def _big(declared: bool):
     return reply
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-close"])
-def test_an_answer_over_the_size_cap_fails_the_row(serve, declared):
+def test_an_answer_over_the_size_cap_fails_the_row(serve, declared, asynchronous):
     """A 3 MB answer against a 1 MB cap is ResponseTooLargeError (not retried), declared or not."""
     srv = serve(_big(declared))
     with pytest.raises(errors.ResponseTooLargeError, match="max-response-bytes") as info:
-        complete(_client(srv.url, cap=1 << 20), dict(REQUEST))
+        _call(srv.url, asynchronous, 5.0, cap=1 << 20)
     assert not info.value.retryable
 
 
-def test_no_cap_reads_a_large_answer(serve):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_no_cap_reads_a_large_answer(serve, asynchronous):
     """With the cap off (None) the same 3 MB answer is read whole."""
     srv = serve(_big(True))
-    assert len(complete(_client(srv.url, cap=None), dict(REQUEST)).answer) == 3 << 20
+    assert len(_call(srv.url, asynchronous, 5.0, cap=None)) == 3 << 20
 
 
-def test_a_redirect_to_another_origin_is_not_followed(serve):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_redirect_to_another_origin_is_not_followed(serve, asynchronous):
     """A 307 to another port is refused naming both URLs (no key, no query); the other server gets nothing."""
     elsewhere = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
     target = f"{elsewhere.url}/chat/completions?api_key={KEY}"
     srv = serve(lambda h: h.wfile.write(_head("307 Temporary Redirect", 0, f"Location: {target}\r\n")))
     with pytest.raises(errors.RedirectError) as info:
-        complete(_client(srv.url), dict(REQUEST))
+        _call(srv.url, asynchronous, 5.0)
     message = str(info.value)
     assert f"{srv.url}/chat/completions" in message and f"{elsewhere.url}/chat/completions" in message
     assert KEY not in message and elsewhere.requests == [] and info.value.status == 307
 
 
-def test_a_same_origin_redirect_is_followed(serve):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_same_origin_redirect_is_followed(serve, asynchronous):
     """A 308 to another path on the same server is followed as the SDK would."""
     def reply(handler) -> None:
         if handler.server.requests[-1].endswith("/moved"):
@@ -214,30 +228,32 @@ def test_a_same_origin_redirect_is_followed(serve):
         else:
             handler.wfile.write(_head("308 Permanent Redirect", 0, "Location: /v1/moved\r\n"))
     srv = serve(reply)
-    assert complete(_client(srv.url), dict(REQUEST)).answer == "ok"
+    assert _call(srv.url, asynchronous, 5.0) == "ok"
     assert srv.requests == ["/v1/chat/completions", "/v1/moved"]
 
 
-def test_a_connection_to_a_silent_port_times_out_within_the_deadline():
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_connection_to_a_silent_port_times_out_within_the_deadline(asynchronous):
     """A server that accepts and never answers ends at the deadline as CallTimeoutError."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
         with pytest.raises(errors.CallTimeoutError):
-            complete(_client(url, timeout=30.0), dict(REQUEST), timeout=0.5)
+            _call(url, asynchronous, 0.5)
 
 
 @pytest.mark.timeout(20)
-def test_environment_proxies_are_still_used_and_guarded(serve, monkeypatch):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_environment_proxies_are_still_used_and_guarded(serve, monkeypatch, asynchronous):
     """HTTP_PROXY still routes calls through the proxy, and the total deadline holds there too."""
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     proxy = serve(lambda h: h.wfile.write(_head(length=len(ANSWER)) + ANSWER))
     monkeypatch.setenv("HTTP_PROXY", proxy.url[:-len("/v1")])
-    assert complete(_client("http://api.example.invalid/v1"), dict(REQUEST)).answer == "ok"
+    assert _call("http://api.example.invalid/v1", asynchronous, 5.0) == "ok"
     assert proxy.requests == ["http://api.example.invalid/v1/chat/completions"]
     dripping = serve(_drip)
     monkeypatch.setenv("HTTP_PROXY", dripping.url[:-len("/v1")])
     with pytest.raises(errors.CallTimeoutError):
-        complete(_client("http://api.example.invalid/v1", timeout=1.0), dict(REQUEST), timeout=1.0)
+        _call("http://api.example.invalid/v1", asynchronous, 1.0)
