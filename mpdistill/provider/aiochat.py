@@ -91,13 +91,23 @@ async def acomplete(api: AioChatClient, request: dict, timeout: float | None = N
         with deadline(None, not_before, awake_s):   # the slot (asyncio.timeout keeps the deadline)
             async with asyncio.timeout(None if timeout is None else held + timeout):
                 status, content, answer_headers, reason = await _send(
-                    api, URL(api.url).update_query(request.get("extra_query") or {}),
-                    json.dumps(body_of(request)).encode(), headers, limits)
+                    api, _with_query(api.url, request.get("extra_query")), json.dumps(body_of(request)).encode(),
+                    headers, limits)
     except TimeoutError as err:
         raise deadline_error(timeout, redacted(api.url)) from err
     except aiohttp.ClientError as err:
         raise ConnectError(redact_key(f"cannot connect to {redacted(api.url)}: {err}", api.api_key)) from err
     return finish_response(status, content, answer_headers, reason, api.api_key, request)
+
+
+def _with_query(url: str, query) -> URL:
+    """`url` with a request's extra_query, its values written as httpx writes them (true, false, '')."""
+    if not query:
+        return URL(url)
+    if isinstance(query, dict):
+        query = {k: "true" if v is True else "false" if v is False else "" if v is None else v
+                 for k, v in query.items()}
+    return URL(url).update_query(query)
 
 
 async def _send(api: AioChatClient, url: URL, body: bytes | None, headers: dict,

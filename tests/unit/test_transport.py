@@ -33,6 +33,7 @@ class _Server(socketserver.ThreadingTCPServer):
         self.reply, self.requests = reply, []
         self.connected: list[float] = []   # time.monotonic() of each connection accepted
         self.arrived: list[float] = []     # ... and of each request's head read
+        self.heads: list[bytes] = []       # each request's head
 
     @property
     def url(self) -> str:
@@ -59,6 +60,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return False
             head += line
         self.server.arrived.append(time.monotonic())
+        self.server.heads.append(head)
         length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
         self.rfile.read(length)
         self.server.requests.append(head.split(b" ")[1].decode())
@@ -178,6 +180,17 @@ def test_a_paced_calls_deadline_counts_from_its_slot(serve, asynchronous):
     0.7 s after the slot (1.2 s after the call began) is in time."""
     srv = serve(lambda h: (time.sleep(0.7), _answer(h)))
     assert _call(srv.url, asynchronous, 1.0, not_before=time.monotonic() + 0.5) == "ok"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_extra_query_and_headers_reach_the_server_the_same_way(serve, asynchronous):
+    """A row's extra_query (a bool, a number, None among them) and extra_headers are sent alike by both clients."""
+    srv = serve(_answer)
+    request = {**REQUEST, "extra_query": {"flag": True, "off": False, "n": 3, "empty": None},
+               "extra_headers": {"X-Trace": "row-7"}}
+    assert _call(srv.url, asynchronous, 5.0, request) == "ok"
+    assert srv.requests == ["/v1/chat/completions?flag=true&off=false&n=3&empty="]
+    assert b"x-trace: row-7" in srv.heads[0].lower()
 
 
 def _big(declared: bool):
