@@ -182,9 +182,7 @@ class LeasedPool:
         """When the request just acquired should leave: now (a grant is held until its time)."""
         return 0.0
 
-    def awake_s(self, name: str) -> float:
-        """No slot, so no time awake before it."""
-        return 0.0
+    awake_s = slot   # no slot, so no time awake before it: 0.0
 
     def begin(self) -> None:
         """Traffic starts now: nothing to do (the service books every grant's time)."""
