@@ -1,7 +1,7 @@
 """Chat calls from an event loop (`--mode async`) over aiohttp, the openai SDK's own async HTTP
-backend (`openai[aiohttp]`): about a sixth of the CPU of httpx's async stack per call (0.25
-against 1.4 ms on the 2-core benchmark machine), which is what lets two processes keep 2,048
-calls in flight.
+backend (`openai[aiohttp]`): under a quarter of the CPU of httpx's async stack per call (0.33
+against 1.43 ms at 64 in flight on the 2-core benchmark machine), which is what lets two
+processes keep 2,048 calls in flight.
 
 The guards are those `transport` gives the threaded path: the whole call within its deadline
 (counted from its slot), a request's own `timeout` per socket operation, the answer capped at
