@@ -26,7 +26,7 @@ def test_python_api_with_a_file_and_mock_server(tmp_path, mock_server):
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(12)])
     cfg = RunConfig(input=str(src), output=str(tmp_path / "o.jsonl"), model="m", base_url=mock_server.url,
                     api_key="sk-test-0001", processes=3, checkpoint_dir=str(tmp_path / "ck"),
-                    limit=5, progress=False)
+                    log_dir=str(tmp_path / "logs"), limit=5, progress=False)
     first = run(cfg)
     assert first["succeeded"] == 5
     assert load_checkpoint("m", str(tmp_path / "ck"))["processed"] == 5
