@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import aiohttp
@@ -54,6 +54,10 @@ class AioChatClient:
     api_key: str
     max_response_bytes: int | None
     proxy: tuple = (None, None)     # the environment's proxy for `url` and its credentials, if any
+    target: URL = field(init=False, repr=False)   # `url` parsed once, not for every call
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", URL(self.url))
 
     async def aclose(self) -> None:
         await self.session.close()
@@ -83,7 +87,8 @@ async def acomplete(api: AioChatClient, request: dict, timeout: float | None = N
                     not_before: float = 0.0, awake_s: float = 0.0) -> Completion:
     """`chat.complete` in an event loop: the same request, slot, deadline, answer and errors."""
     held = max(0.0, not_before - time.monotonic())
-    headers = {**api.headers, **(request.get("extra_headers") or {})}
+    extra = request.get("extra_headers")
+    headers = {**api.headers, **extra} if extra else api.headers
     per_operation = request.get("timeout")
     limits = _NO_TIMEOUT if per_operation is None else aiohttp.ClientTimeout(
         total=None, sock_connect=per_operation, sock_read=per_operation)
@@ -91,7 +96,7 @@ async def acomplete(api: AioChatClient, request: dict, timeout: float | None = N
         with deadline(None, not_before, awake_s):   # the slot (asyncio.timeout keeps the deadline)
             async with asyncio.timeout(None if timeout is None else held + timeout):
                 status, content, answer_headers, reason = await _send(
-                    api, _with_query(api.url, request.get("extra_query")), json.dumps(body_of(request)).encode(),
+                    api, _with_query(api.target, request.get("extra_query")), json.dumps(body_of(request)).encode(),
                     headers, limits)
     except TimeoutError as err:
         raise deadline_error(timeout, redacted(api.url)) from err
@@ -100,14 +105,14 @@ async def acomplete(api: AioChatClient, request: dict, timeout: float | None = N
     return finish_response(status, content, answer_headers, reason, api.api_key, request)
 
 
-def _with_query(url: str, query) -> URL:
+def _with_query(url: URL, query) -> URL:
     """`url` with a request's extra_query, its values written as httpx writes them (true, false, '')."""
     if not query:
-        return URL(url)
+        return url
     if isinstance(query, dict):
         query = {k: "true" if v is True else "false" if v is False else "" if v is None else v
                  for k, v in query.items()}
-    return URL(url).update_query(query)
+    return url.update_query(query)
 
 
 async def _send(api: AioChatClient, url: URL, body: bytes | None, headers: dict,

@@ -34,7 +34,7 @@ _SLOT: contextvars.ContextVar[tuple[float, float]] = contextvars.ContextVar("mpd
 def deadline(seconds: float | None, not_before: float = 0.0, awake_s: float = 0.0) -> Iterator[None]:
     """Every socket operation inside the block ends within `seconds` (None: no deadline) from when
     the call may leave: now, or `not_before` (time.monotonic()), which its writes wait for, the last
-    `awake_s` of it awake (see `_wait_slot`)."""
+    `awake_s` of it awake (see `_spin_to_slot`)."""
     start = max(time.monotonic(), not_before)
     token = _DEADLINE.set(None if seconds is None else start + seconds)
     slot = _SLOT.set((not_before, awake_s))
@@ -50,25 +50,34 @@ def hold_s() -> float:
     return _SLOT.get()[0] - time.monotonic()
 
 
-def _wait_slot() -> None:
-    """Wait for the current call's slot: asleep until its last `awake_s`, then awake (spinning). A
-    process woken from a sleep on a busy machine runs up to ~2 ms late, and a strict limiter judges
-    the gap between two requests; the manager keeps the awake share of every interval small."""
+def _sleep_s() -> float:
+    """Seconds the current call may still sleep before its slot: all of the wait but its last `awake_s`."""
     at, awake = _SLOT.get()
-    if at - awake - time.monotonic() > 0:
-        time.sleep(max(0.0, at - awake - time.monotonic()))
+    return at - awake - time.monotonic()
+
+
+def _spin_to_slot() -> None:
+    """The last of the wait, awake: a process woken from a sleep on a busy machine runs up to ~2 ms
+    late, and a strict limiter judges the gap between two requests (the manager keeps the awake
+    share of every interval small)."""
+    at = _SLOT.get()[0]
     while time.monotonic() < at:
         pass
+
+
+def _wait_slot() -> None:
+    """Wait for the current call's slot: asleep, then awake."""
+    if _sleep_s() > 0:
+        time.sleep(max(0.0, _sleep_s()))
+    _spin_to_slot()
 
 
 async def until_slot() -> None:
     """`_wait_slot` in an event loop: on the loop's timer (whole milliseconds: epoll), then awake,
     which holds the loop for at most the awake window."""
-    at, awake = _SLOT.get()
-    if at - awake - time.monotonic() > 0:
-        await asyncio.sleep(at - awake - time.monotonic())
-    while time.monotonic() < at:
-        pass
+    if _sleep_s() > 0:
+        await asyncio.sleep(max(0.0, _sleep_s()))
+    _spin_to_slot()
 
 
 def _clamp(timeout: float | None, timeout_error: type[Exception]) -> float | None:
