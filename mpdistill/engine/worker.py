@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..provider import chat
-from ..provider.http import DEFAULT_MAX_RESPONSE_BYTES
-from ..provider.pools import ClientSet
+from ..provider.guards import DEFAULT_MAX_RESPONSE_BYTES
 from ..provider.answer import Completion
 from ..inputs import images
 from ..provider.endpoint import Endpoint
@@ -57,7 +56,7 @@ class Task:
     """One request to make: `tid` identifies this attempt in the manager's in-flight table;
     `not_before` (time.monotonic(), shared by every process of the machine) is a paced request's
     slot. The worker holds the task until SEND_AHEAD_S before it, then builds the request and
-    connects, and the transport holds the first write until the slot itself, the last `awake_s`
+    connects, and the connection holds the first write until the slot itself, the last `awake_s`
     of it awake (a process woken from a sleep may run late)."""
 
     tid: int
@@ -117,13 +116,12 @@ def prepare(request: dict, spec: WorkerSpec, deadline: float | None = None) -> d
 
 
 class _Clients:
-    """The SDK clients of every endpoint (a `ClientSet` each), made on first use (connection
-    pools are per process)."""
+    """The chat client of every endpoint, made on first use (connection pools are per process)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self._spec = spec
         self._by_name = {e.name: e for e in spec.endpoints}
-        self._clients: dict[str, ClientSet] = {}
+        self._clients: dict[str, chat.ChatClient] = {}
         self._lock = threading.Lock()
 
     def make_all(self) -> _Clients:
@@ -132,14 +130,12 @@ class _Clients:
             self.get(name)
         return self
 
-    def get(self, name: str) -> ClientSet:
+    def get(self, name: str) -> chat.ChatClient:
         with self._lock:
             if name not in self._clients:
-                endpoint, spec = self._by_name[name], self._spec
-                self._clients[name] = ClientSet(
-                    lambda size: chat.chat_client(endpoint, spec.timeout, connections=size,
-                                                  max_response_bytes=spec.max_response_bytes),
-                    spec.concurrency)
+                spec = self._spec
+                self._clients[name] = chat.chat_client(self._by_name[name], spec.timeout, spec.concurrency,
+                                                       spec.max_response_bytes)
             return self._clients[name]
 
 
@@ -288,8 +284,10 @@ def _serve(tasks, conn, send_lock, clients: _Clients, spec: WorkerSpec) -> None:
 
 def _answer(task: Task, conn, clients: _Clients, spec: WorkerSpec, send_lock=contextlib.nullcontext()) -> None:
     """Make the call of `task` and send its outcome (the manager gone: exit at once)."""
-    with clients.get(task.endpoint).lease() as api:
-        outcome = execute(task, api, spec)
+    try:
+        outcome = execute(task, clients.get(task.endpoint), spec)
+    except Exception as err:  # making the client failed (e.g. a proxy it cannot use): report it
+        outcome = surprise(task.tid, err, time.monotonic())
     data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     try:
         with send_lock:

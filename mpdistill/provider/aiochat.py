@@ -3,7 +3,7 @@ backend (`openai[aiohttp]`): under a quarter of the CPU of httpx's async stack p
 against 1.43 ms at 64 in flight on the 2-core benchmark machine), which is what lets two
 processes keep 2,048 calls in flight.
 
-The guards are those `transport` gives the threaded path: the whole call within its deadline
+The guards are the threaded path's (`guards`): the whole call within its deadline
 (counted from its slot), a request's own `timeout` per socket operation, the answer capped at
 `--max-response-bytes`, redirects followed only within their origin, the environment's proxies,
 the same TLS trust store. A paced call's request leaves at its slot, once its connection is made
@@ -21,15 +21,14 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from ..errors import CallError, ConnectError
+from ..errors import ConnectError
 from .answer import Completion
 from .chat import body_of, finish_response, request_headers
 from .endpoint import Endpoint
 from .status import NO_KEY, deadline_error, redact_key
-from .transport import deadline, hold_s, redacted, redirect_error, too_large, tls_context, until_slot
+from .guards import (deadline, hold_s, next_hop, query_value, redacted, too_large, too_many_redirects, tls_context,
+                     until_slot, MAX_REDIRECTS)
 
-MAX_REDIRECTS = 20        # httpx's limit, which the threaded path follows
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
 
 
@@ -110,8 +109,7 @@ def _with_query(url: URL, query) -> URL:
     if not query:
         return url
     if isinstance(query, dict):
-        query = {k: "true" if v is True else "false" if v is False else "" if v is None else v
-                 for k, v in query.items()}
+        query = {k: query_value(v) for k, v in query.items()}
     return url.update_query(query)
 
 
@@ -122,17 +120,13 @@ async def _send(api: AioChatClient, url: URL, body: bytes | None, headers: dict,
     for _ in range(MAX_REDIRECTS + 1):
         async with api.session.request(method, url, data=body, headers=headers, allow_redirects=False,
                                        timeout=limits, proxy=api.proxy[0], proxy_auth=api.proxy[1]) as response:
-            location = response.headers.get("Location") if response.status in _REDIRECTS else None
-            if location is None:
+            hop = next_hop(response.status, method, str(url), response.headers.get("Location"))
+            if hop is None:
                 content = await _read(response, api.max_response_bytes)
                 return response.status, content, response.headers, response.reason or ""
-            target = url.join(URL(location))
-            if target.origin() != url.origin():
-                raise redirect_error(response.status, str(url), str(target))
-            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                method, body = "GET", None
-            url = target
-    raise CallError(f"more than {MAX_REDIRECTS} redirects from {redacted(api.url)}")
+            (method, target), body = hop, None if hop[0] == "GET" else body
+            url = URL(target, encoded=True)
+    raise too_many_redirects(api.url)
 
 
 async def _read(response: aiohttp.ClientResponse, cap: int | None) -> bytes:

@@ -1,71 +1,63 @@
-"""The hot path: one POST /chat/completions, as the openai SDK sends it, on an httpx client.
+"""The hot path: one POST /chat/completions, as the openai SDK sends it, from a worker thread.
 
 Measured against nginx on this project's 2-core machine, the SDK's request machinery (typed
 options, URL and header merging, its auth wrapper, response objects) cost 0.3 ms of CPU a call in
 a thread and 1.1 ms in an event loop, more than the rest of the call, and importing the SDK costs
 most of a second of every run's start-up. For a plain JSON POST whose body mpdistill reads itself
-(see `answer`) it adds nothing, so a call here is one httpx request with the SDK's headers (JSON,
-bearer key) through the guarded transport (deadline, size cap, same-origin redirects: see
-`transport`; an event loop's calls go over aiohttp the same way, see `aiochat`), and the SDK serves
-batch mode's Files and Batches calls (see `client`).
+(see `answer`) it adds nothing, so a call here is the SDK's request (its headers: JSON, bearer key;
+create's keyword arguments meaning what they mean there) on a keep-alive connection of `conn`
+(http.client, under the deadline, slot, size cap and redirect rule of `guards`); an event loop's
+calls go over aiohttp the same way (`aiochat`), and the SDK serves batch mode's Files and Batches
+calls (see `client`).
 """
 from __future__ import annotations
 
+import http.client
+import itertools
 import json
-from dataclasses import dataclass, field
+import socket
+import urllib.parse
+from dataclasses import dataclass
 from typing import Mapping
 
-import httpx2
-
 from .answer import Completion, finish
+from .conn import Pool, Route, basic_auth, read_body, route_to
 from .endpoint import Endpoint
-from .http import DEFAULT_MAX_RESPONSE_BYTES, http_client
-from .status import (MAX_DETAIL, NO_KEY, deadline_error, error_for_status, interesting_headers, redact_key,
-                     status_detail)
-from .transport import GuardedTransport, ReplayNetwork, deadline, redacted
-from ..errors import CallError, ConnectError, MpdistillError
+from .guards import DEFAULT_MAX_RESPONSE_BYTES, MAX_REDIRECTS, deadline, next_hop, query_value, redacted, too_large, too_many_redirects
+from .status import (NO_KEY, deadline_error, error_for_status, interesting_headers, redact_key, status_detail)
+from ..errors import ConnectError, MpdistillError, RejectedError
 from .. import __version__
 
 USER_AGENT = f"mpdistill/{__version__}"
-# chat.completions.create's own keyword arguments, as `request` may carry them (see `_build`).
+# chat.completions.create's own keyword arguments, as `request` may carry them (see `body_of`).
 _OPTIONS = frozenset({"extra_body", "extra_headers", "extra_query", "timeout"})
 
 
 @dataclass(frozen=True)
 class ChatClient:
-    """What one endpoint's calls need: its httpx client, the URL, the headers and the key.
+    """What one endpoint's calls need: its connections, the URL, the headers and the key."""
 
-    `target` and `sent_headers` are the URL parsed and the client's headers merged with ours, once:
-    what `build_request` would redo for every call (a third of the CPU a request costs us).
-    """
-
-    http: httpx2.Client
+    pool: Pool
     url: str
     headers: dict
     api_key: str
-    target: httpx2.URL = field(init=False, repr=False)
-    sent_headers: httpx2.Headers = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        merged = httpx2.Headers(self.http.headers)
-        merged.update(self.headers)
-        object.__setattr__(self, "target", httpx2.URL(self.url))
-        object.__setattr__(self, "sent_headers", merged)
+    timeout: float | None = None               # per socket operation, unless a row sets its own
+    max_response_bytes: int | None = None      # None: no cap
 
     def close(self) -> None:
-        self.http.close()
+        self.pool.close()
 
 
 def chat_client(endpoint: Endpoint, timeout: float, connections: int | None = None,
                 max_response_bytes: int | None = None) -> ChatClient:
-    """The ChatClient of `endpoint`; see `http.http_client` (event loops: `aiochat.aio_client`)."""
-    return on_http(endpoint, http_client(timeout, connections, max_response_bytes))
-
-
-def on_http(endpoint: Endpoint, http: httpx2.Client) -> ChatClient:
-    """A ChatClient of `endpoint` sending on `http`."""
-    return ChatClient(http, endpoint.base_url.rstrip("/") + "/chat/completions", request_headers(endpoint),
-                      endpoint.api_key or NO_KEY)
+    """The ChatClient of `endpoint`: up to `connections` (the calls one process keeps in flight)
+    kept alive, answers capped at `max_response_bytes` (None: no cap). Event loops: `aiochat.aio_client`."""
+    url = endpoint.base_url.rstrip("/") + "/chat/completions"
+    headers, parts = request_headers(endpoint), urllib.parse.urlsplit(url)
+    if parts.username or parts.password:   # credentials in the URL go as Basic auth, as httpx sends them
+        headers["Authorization"] = basic_auth(parts)
+    pool = Pool(route_to(url), connections or 1)
+    return ChatClient(pool, url, headers, endpoint.api_key or NO_KEY, timeout, max_response_bytes)
 
 
 def request_headers(endpoint: Endpoint) -> dict:
@@ -79,30 +71,59 @@ def complete(api: ChatClient, request: dict, timeout: float | None = None, not_b
              awake_s: float = 0.0) -> Completion:
     """Make one call with the chat.completions kwargs in `request`, all of it (connect to last byte)
     within `timeout` seconds of when it may leave: now, or its slot `not_before` (time.monotonic()),
-    which the request is held until once built and connected (the last `awake_s` awake, to leave
-    on time); raise a CallError on failure."""
+    which the request is held until once connected (the last `awake_s` awake, to leave on time);
+    raise a CallError on failure."""
+    extra = request.get("extra_headers")
+    headers = {**api.headers, **extra} if extra else api.headers
+    per_operation = request.get("timeout") or timeout or api.timeout
+    url = _with_query(api.url, request.get("extra_query"))
     try:
         with deadline(timeout, not_before, awake_s):
-            response = api.http.send(_build(api, request, timeout))
-    except httpx2.HTTPError as err:
-        raise _transport_error(err, api, timeout) from err
-    return _finish(response, api, request)
+            status, content, answer_headers, reason = _send(api, url, json.dumps(body_of(request)).encode(),
+                                                            headers, per_operation)
+    except TimeoutError as err:
+        raise deadline_error(timeout, redacted(api.url)) from err
+    except (OSError, http.client.HTTPException) as err:
+        raise ConnectError(redact_key(f"cannot connect to {redacted(api.url)}: {err}", api.api_key)) from err
+    except ValueError as err:   # http.client refuses a header it cannot write (a row's extra_headers)
+        raise RejectedError(redact_key(f"the request cannot be sent: {err}", api.api_key)) from err
+    return finish_response(status, content, answer_headers, reason, api.api_key, request)
 
 
-def _build(api: ChatClient, request: dict, timeout: float | None) -> httpx2.Request:
-    """The POST of `request`: its body, with create's keywords meaning what they mean there
-    (extra_body merged into the body, extra_headers and extra_query added, timeout per call)."""
-    body = body_of(request)
-    headers = api.sent_headers
-    if request.get("extra_headers"):   # merged as build_request merges them
-        headers = httpx2.Headers(api.http.headers)
-        headers.update({**api.headers, **request["extra_headers"]})
-    call_timeout = request.get("timeout") or timeout
-    limits = api.http.timeout if call_timeout is None else httpx2.Timeout(call_timeout)
-    # What `build_request` makes (the client's cookies too), from the parts prepared in ChatClient.
-    return httpx2.Request("POST", api.target, params=request.get("extra_query"), headers=headers,
-                          cookies=api.http.cookies, content=json.dumps(body).encode(),
-                          extensions={"timeout": limits.as_dict()})
+def _send(api: ChatClient, url: str, body: bytes | None, headers: dict,
+          timeout: float | None) -> tuple[int, bytes, Mapping[str, str], str]:
+    """POST `body`, following redirects within the origin as httpx does; (status, body, headers, reason)."""
+    method = "POST"
+    for _ in range(MAX_REDIRECTS + 1):
+        conn = api.pool.take()
+        try:
+            response = conn.send(method, _target(url), body, headers, timeout)
+            hop = next_hop(response.status, method, url, response.headers.get("Location"))
+            cap = api.max_response_bytes
+            content = read_body(response, cap, lambda: too_large(response.status, cap))
+        except BaseException:
+            conn.close()
+            raise
+        api.pool.give(conn)
+        if hop is None:
+            return response.status, content, response.headers, response.reason
+        (method, url), body = hop, None if hop[0] == "GET" else body
+    raise too_many_redirects(api.url)
+
+
+def _target(url: str) -> str:
+    """The request target of `url`: its path and query."""
+    parts = urllib.parse.urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _with_query(url: str, query) -> str:
+    """`url` with a row's extra_query, its values written as httpx writes them (true, false, '')."""
+    if not query:
+        return url
+    pairs = query.items() if isinstance(query, Mapping) else query
+    encoded = urllib.parse.urlencode([(k, query_value(v)) for k, v in pairs])
+    return f"{url}{'&' if '?' in url else '?'}{encoded}"
 
 
 def body_of(request: dict) -> dict:
@@ -110,11 +131,6 @@ def body_of(request: dict) -> dict:
     body = {k: v for k, v in request.items() if k not in _OPTIONS}
     body.update(request.get("extra_body") or {})
     return body
-
-
-def _finish(response: httpx2.Response, api: ChatClient, request: dict) -> Completion:
-    return finish_response(response.status_code, response.content, response.headers, response.reason_phrase,
-                           api.api_key, request)
 
 
 def finish_response(status: int, content: bytes, headers: Mapping[str, str], reason: str, api_key: str,
@@ -138,23 +154,6 @@ def _message(content: bytes, reason: str) -> str:
     return message
 
 
-def _transport_error(err: httpx2.HTTPError, api: ChatClient, timeout: float | None) -> MpdistillError:
-    """The mpdistill error of a request that got no answer."""
-    where = redacted(err.request.url) if _has_request(err) else redacted(api.url)
-    if isinstance(err, httpx2.TimeoutException):
-        return deadline_error(timeout, where)
-    if isinstance(err, httpx2.TransportError):
-        return ConnectError(redact_key(f"cannot connect to {where}: {err}", api.api_key))
-    return CallError(redact_key(f"{type(err).__name__}: {err}"[:MAX_DETAIL], api.api_key))
-
-
-def _has_request(err: httpx2.HTTPError) -> bool:
-    try:
-        return err.request is not None
-    except RuntimeError:   # httpx raises when no request was attached
-        return False
-
-
 # What the network of `offline_client` answers every request with.
 _CANNED_BODY = (b'{"id":"chatcmpl-offline","object":"chat.completion","created":0,"model":"offline",'
                 b'"choices":[{"index":0,"message":{"role":"assistant","content":"offline"},"finish_reason":"stop"}],'
@@ -171,12 +170,43 @@ WARM_UP_CALLS = 10
 
 def offline_client() -> ChatClient:
     """A ChatClient built like `chat_client`'s whose network answers every call in-process with a
-    canned completion (`transport.ReplayNetwork`): the whole request path runs, nothing is sent.
-    No proxy mounts: a proxy from the environment must not see the warm-up either."""
-    transport = GuardedTransport(DEFAULT_MAX_RESPONSE_BYTES, network=ReplayNetwork(*_CANNED_RESPONSES),
-                                 limits=httpx2.Limits(max_connections=10, max_keepalive_connections=10))
-    http = httpx2.Client(transport=transport, timeout=5.0, follow_redirects=True)
-    return on_http(Endpoint(name="warm-up", base_url="http://127.0.0.1/v1"), http)
+    canned completion (`_ReplaySocket`): the whole request path runs, nothing is sent, and no proxy
+    from the environment sees the warm-up either."""
+    responses = itertools.cycle(_CANNED_RESPONSES)
+    endpoint = Endpoint(name="warm-up", base_url="http://127.0.0.1/v1")
+    pool = Pool(Route("http", "127.0.0.1", 80, "127.0.0.1", 80), 1, lambda route, timeout: _ReplaySocket(responses))
+    return ChatClient(pool, endpoint.base_url + "/chat/completions", request_headers(endpoint), NO_KEY, 5.0,
+                      DEFAULT_MAX_RESPONSE_BYTES)
+
+
+class _ReplaySocket(socket.socket):
+    """The client end of a connected socket pair whose far end answers each request written to it
+    with the next canned response: real sockets, so the code that runs is a real call's."""
+
+    def __init__(self, responses) -> None:
+        mine, peer = socket.socketpair()
+        super().__init__(fileno=mine.detach())
+        peer.settimeout(5.0)   # a bug here must end the warm-up, never hang it
+        self._peer, self._responses, self._due = peer, responses, False
+
+    def setsockopt(self, level: int, option: int, value) -> None:
+        if level != socket.IPPROTO_TCP:   # TCP_NODELAY means nothing on a socket pair
+            super().setsockopt(level, option, value)
+
+    def sendall(self, data, flags: int = 0) -> None:
+        super().sendall(data, flags)
+        self._peer.recv(1 << 20)   # small requests: one recv holds what was written
+        self._due = True
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        if self._due:
+            self._due = False
+            self._peer.sendall(next(self._responses))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def close(self) -> None:
+        self._peer.close()
+        super().close()
 
 
 def warm_up() -> None:

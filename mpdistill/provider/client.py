@@ -2,7 +2,7 @@
 of the SDK's exceptions onto mpdistill's error tree (`call_error`; statuses map in `status`).
 
 The clients are built on `http.http_client`, so they too have a total deadline per call and a
-size cap, and never follow a redirect to another origin (see `transport`). Importing the SDK costs
+size cap, and never follow a redirect to another origin (see `transport`, `guards`). Importing the SDK costs
 most of a second, so only batch mode imports this module; online calls go through `chat`.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import openai
 from .endpoint import Endpoint
 from .http import http_client
 from .status import MAX_DETAIL, NO_KEY, deadline_error, error_for_status, redact_key, status_detail
-from .transport import redacted
+from .guards import redacted
 from ..errors import CallError, ConnectError, MpdistillError
 
 

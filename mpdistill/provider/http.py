@@ -10,7 +10,6 @@ import httpx2
 
 from .transport import GuardedTransport, guarded_mounts
 
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
 

@@ -270,3 +270,81 @@ def test_environment_proxies_are_still_used_and_guarded(serve, monkeypatch, asyn
     monkeypatch.setenv("HTTP_PROXY", dripping.url[:-len("/v1")])
     with pytest.raises(errors.CallTimeoutError):
         _call("http://api.example.invalid/v1", asynchronous, 1.0)
+
+
+def _no_proxy_env(monkeypatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy",
+                 "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.timeout(20)
+def test_an_https_call_through_a_proxy_opens_a_tunnel_with_the_proxys_credentials(serve, monkeypatch):
+    """HTTPS_PROXY with credentials: the proxy gets CONNECT host:443 with Proxy-Authorization, and a
+    refused tunnel is a ConnectError that names neither the key nor the proxy's password."""
+    _no_proxy_env(monkeypatch)
+    proxy = serve(lambda h: h.wfile.write(_head("407 Proxy Authentication Required", 0)))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://user:s3cret@127.0.0.1:{proxy.server_address[1]}")
+    with pytest.raises(errors.ConnectError, match="407") as info:
+        _call("https://api.example.invalid/v1", False, 5.0)
+    assert proxy.requests == ["api.example.invalid:443"]
+    assert b"proxy-authorization: basic dxnlcjpzm2nyzxq=" in proxy.heads[0].lower()
+    assert "s3cret" not in str(info.value) and KEY not in str(info.value)
+
+
+@pytest.mark.timeout(20)
+def test_a_plain_http_proxy_gets_its_credentials_with_each_request(serve, monkeypatch):
+    """HTTP_PROXY with credentials: every request the proxy forwards carries Proxy-Authorization."""
+    _no_proxy_env(monkeypatch)
+    proxy = serve(_answer)
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:s3cret@127.0.0.1:{proxy.server_address[1]}")
+    assert _call("http://api.example.invalid:8000/v1", False, 5.0) == "ok"
+    assert proxy.requests == ["http://api.example.invalid:8000/v1/chat/completions"]
+    assert b"proxy-authorization: basic dxnlcjpzm2nyzxq=" in proxy.heads[0].lower()
+
+
+def test_a_proxy_that_is_not_plain_http_is_a_config_error(monkeypatch):
+    """ALL_PROXY=socks5://… cannot carry the threads' calls: a ConfigError naming the proxy, not its password."""
+    _no_proxy_env(monkeypatch)
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    with pytest.raises(errors.ConfigError, match="socks5://127.0.0.1:1080") as info:
+        _client("http://api.example.invalid/v1")
+    assert "pw" not in str(info.value)
+
+
+def test_no_proxy_exempts_a_host(serve, monkeypatch):
+    """NO_PROXY naming the host sends the call straight to it, past HTTP_PROXY."""
+    _no_proxy_env(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")   # the discard port: a call there would fail
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    srv = serve(_answer)
+    assert _call(srv.url, False, 5.0) == "ok"
+
+
+def test_an_idle_connection_the_server_closed_is_replaced(serve):
+    """A server that closes the connection after each answer: every next call opens a new one and succeeds."""
+    def reply(handler) -> None:
+        handler.closing = True
+        _answer(handler)
+    srv = serve(reply)
+    client = _client(srv.url)
+    for _ in range(3):
+        assert complete(client, dict(REQUEST), timeout=5.0).answer == "ok"
+        time.sleep(0.05)   # the server's close reaches the idle connection
+    assert len(srv.connected) == 3
+
+
+def test_a_header_the_request_cannot_carry_fails_the_row(serve):
+    """An extra_headers value that HTTP cannot carry (a newline) is RejectedError (not retried), not a crash."""
+    srv = serve(_answer)
+    with pytest.raises(errors.RejectedError, match="cannot be sent") as info:
+        complete(_client(srv.url), {**REQUEST, "extra_headers": {"X-Bad": "a\r\nInjected: 1"}}, timeout=5.0)
+    assert not info.value.retryable and srv.requests == []
+
+
+def test_credentials_in_the_base_url_are_sent_as_basic_auth(serve):
+    """http://user:password@host/v1 sends Basic auth for them (as the SDK's httpx did), not in the request line."""
+    srv = serve(_answer)
+    assert _call(srv.url.replace("http://", "http://alice:pw%21@"), False, 5.0) == "ok"
+    assert b"authorization: basic ywxpy2u6chch" in srv.heads[0].lower()
+    assert srv.requests == ["/v1/chat/completions"]
