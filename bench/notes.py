@@ -11,8 +11,8 @@ MISSES: dict[str, dict[str, str]] = {
     "w1-steady": {
         "limit": (
             "The server itself answers the 200 ms route in ~201.6 ms (wrk, 64 connections: ~317 r/s, "
-            "0.99 of the ideal), which leaves ~1.2 % for the client. mpdistill adds ~0.5 ms of SDK CPU per "
-            "request in the worker (the worker profile is all inside openai `post` → httpx → h11) and "
+            "0.99 of the ideal), which leaves ~1.2 % for the client. mpdistill adds ~0.3 ms of CPU per "
+            "request in the worker (one POST over http.client: provider/conn.py) and "
             "0.5–1.7 ms in the manager: with a fixed delay rows finish in waves of 64, and the manager "
             "handles a whole wave (unpickle, keypool, stats, result record, JSON encoding: ~40 µs a row) "
             "before the loop's next turn dispatches the freed slots, so the last slot of a wave waits "
@@ -26,17 +26,17 @@ MISSES: dict[str, dict[str, str]] = {
     },
     "w2-steady": {
         "limit": (
-            "CPU: the machine has 2 cores. Per row the process tree spends ~2.0 ms at -p 64 (manager "
-            "~0.15 ms; workers ~1.1 ms, all of it inside the SDK's request path; ~0.3 ms of start-up "
-            "amortised over 5,000 rows) and ~1.2 ms at -p 8 -c 8. The same SDK call costs 0.46 ms in one "
-            "hot thread: 64 processes sharing 2 cores pay it in cache misses and context switches."),
+            "CPU: the machine has 2 cores. Per row the process tree spends ~0.95 ms at -p 64 (manager "
+            "~0.33 ms; workers ~0.6 ms, of which the call over http.client is 0.29 ms in one hot thread: "
+            "64 processes sharing 2 cores pay the rest in pipe messages, cache misses and context "
+            "switches) and ~0.8 ms at -p 8 -c 8."),
         "move": (
             "Fewer processes, more threads each (-p 8 -c 8: ~40 % less CPU per row). Already done in "
             "this round: the SDK's chat `create` walked every param against its typed-dict annotations "
             "(0.3 ms a call); the SDK's request machinery costs ~0.3 ms more in a thread and ~1 ms in an event "
-            "loop, so each call is now one httpx POST on the client the SDK was built on, with the SDK's "
-            "headers and key (provider/chat.py: 0.33 ms a call in a thread, 0.88 ms async); SDK "
-            "clients are made once before forking (worker.py `preload`): start-up CPU 9.4 s → 1.6 s at "
+            "loop, so each call is now one POST with the SDK's headers and key, over http.client from "
+            "threads (provider/conn.py: 0.29 ms a call, against 0.69 ms through httpx) and aiohttp from "
+            "event loops (0.33 ms); clients are made once before forking (worker.py `preload`): start-up CPU 9.4 s → 1.6 s at "
             "-p 64; workers run under SCHED_BATCH so their wake-ups do not preempt the manager."),
     },
     "w3-": {
@@ -98,9 +98,9 @@ MISSES: dict[str, dict[str, str]] = {
             "Each forked worker's private memory, measured from /proc/PID/smaps_rollup step by step: "
             "~1.1 MB that any forked Python process dirties just by running (its stack, interpreter "
             "state, refcounts of what it executes), +0.5 MB for multiprocess's bootstrap, +0.3 MB for "
-            "its threads, and +4.4 MB on its first SDK call (openai → httpx2 → httpcore2/h11: new objects "
-            "landing in free slots of pools inherited from the manager and refcount writes, each copying "
-            "a 4 KiB page); the next 400 calls add only 0.5 MB. 64 × ~7 MB is ~450 MB before the manager. "
+            "its threads, and a few MB on its first call (new objects landing in free slots of pools "
+            "inherited from the manager and refcount writes, each copying a 4 KiB page: 4.4 MB when calls "
+            "went through httpx2 → httpcore2/h11, 1.5 MB over http.client, which they use now). "
             "Tried and measured: gc.freeze before each fork (in place), MALLOC_ARENA_MAX=1 (no change), "
             "importing the transport before the fork (no change: making the clients already imports it), "
             "forking from a small process that imported only the SDK (4.5 MB, no change), one real call "
@@ -108,16 +108,15 @@ MISSES: dict[str, dict[str, str]] = {
             "and 1.5 MB with http.client."),
         "move": (
             "Fewer processes for the same in-flight count: `--mode async -p 2 -c 32` holds 64 in flight "
-            "in ~100 MB for the whole tree (workload 7: 2,048 in flight). In process mode, a leaner call "
-            "path than the SDK's in the worker (http.client would save ~3 MB a worker), or Python 3.12, "
-            "whose immortal objects stop refcount writes from copying shared pages."),
+            "in ~100 MB for the whole tree (workload 7: 2,048 in flight); or Python 3.12, whose immortal "
+            "objects stop refcount writes from copying shared pages."),
     },
     "w7-": {
         "limit": (
             "2,048 (or 1,024) calls in flight against a 2 s server need ~1,000 (or ~500) answers a second "
-            "parsed, recorded and fsynced on 2 cores, shared with nginx; an async call costs ~1.2 ms of CPU "
-            "in httpx2 → httpcore2 → h11 and anyio (a threaded call ~0.85 ms), so two async workers are "
-            "CPU-bound below the ideal rate before the manager's share is counted."),
+            "parsed, recorded and fsynced on 2 cores, shared with nginx; an async call costs ~0.33 ms of CPU "
+            "in aiohttp and a threaded one ~0.29 ms over http.client, and the manager handles every "
+            "answer (unpickle, record, JSON line, fsync) on one core."),
         "move": "An idle machine; or fewer answers per second per core (more cores, or a longer-latency server).",
     },
     "w8-": {
@@ -143,27 +142,24 @@ MISSES: dict[str, dict[str, str]] = {
     },
     "w10-": {
         "limit": (
-            "CPU before the first request: interpreter and CLI imports ~0.1 s, importing openai ~0.4 s on "
-            "an idle core (1.1 s of CPU measured on the busy machine), making the SDK clients and the "
-            "offline warm-up ~0.3 s, one fork (workers are forked as the load needs them, not 64 first). "
-            "Under a load average of 30–70 on 2 cores each CPU-second takes several wall seconds."),
-        "move": "An idle machine; importing fewer openai modules (the SDK imports every type eagerly).",
+            "CPU before the first request: interpreter and CLI imports ~0.3 s (online runs import neither "
+            "openai nor httpx; async mode imports aiohttp), the clients and the offline warm-up, one fork "
+            "(workers are forked as the load needs them, not 64 first). Under a load average of 30–70 on "
+            "2 cores each CPU-second takes several wall seconds."),
+        "move": "An idle machine; fewer imports before the first fork.",
     },
     "w12-": {
         "limit": (
-            "Process mode's call is httpx/httpcore/h11 (0.69 ms of CPU a call in one hot thread, "
-            'against 0.33 ms over aiohttp in async mode), and 64 processes on 2 cores add context '
-            'switches: 1.6 s of CPU per 1,000 rows against 0.9 s for --mode async -p 2 -c 32. A '
-            'wall-clock cProfile of the manager spends most of its time in the pipe write that wakes a '
-            "worker. The baseline's own wall time moves between runs (17.2-20.8 s on this machine), "
-            'which moves the ratio: -p 64 gave 3.6-3.9x in the runs of 2026-12-02 23:00-23:30 UTC and '
-            '4.1x in one whose baseline took 20.8 s; async -p 2 -c 32 gave 6.0-6.3x.'
+            "CPU on 2 cores: ~0.95 s per 1,000 rows at -p 64 and ~0.8 s at -p 8 -c 8 (the call over "
+            "http.client is 0.29 ms of it; the manager's share, one unpickle, record, JSON line and fsync "
+            "a row, ~0.3 ms), against 6.5 s for the baseline. A wall-clock cProfile of the manager at "
+            "-p 64 spends most of its time in the pipe write that wakes a worker. The baseline's own wall "
+            "time moves between runs (17.2-20.8 s on this machine), which moves the ratio."
         ),
         "move": (
-            '--mode async (the best mode). For process mode, a cheaper threaded HTTP client (urllib3 '
-            'measured 0.42 ms a call) would need the deadline, size-cap and redirect guards rebuilt on '
-            'it; tried and not kept: the workers at nice 5 or 10 (slower), an O(1) pick of an idle '
-            'worker (no measurable change).'
+            "Fewer processes for the same calls in flight (-p 8 -c 8, or --mode async); tried and not "
+            "kept: the workers at nice 5 or 10 (slower), an O(1) pick of an idle worker (no measurable "
+            "change)."
         ),
     },
 }
