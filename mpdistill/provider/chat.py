@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .answer import Completion, finish
-from .conn import Pool, Route, basic_auth, read_body, route_to
+from .conn import Pool, Route, Unsendable, basic_auth, read_body, route_to
 from .endpoint import Endpoint
-from .guards import DEFAULT_MAX_RESPONSE_BYTES, MAX_REDIRECTS, deadline, next_hop, query_value, redacted, too_large, too_many_redirects
+from .guards import (DEFAULT_MAX_RESPONSE_BYTES, MAX_REDIRECTS, deadline, next_hop, query_value, redacted, too_large,
+                     too_many_redirects)
 from .status import (NO_KEY, deadline_error, error_for_status, interesting_headers, redact_key, status_detail)
 from ..errors import ConnectError, MpdistillError, RejectedError
 from .. import __version__
@@ -85,7 +86,7 @@ def complete(api: ChatClient, request: dict, timeout: float | None = None, not_b
         raise deadline_error(timeout, redacted(api.url)) from err
     except (OSError, http.client.HTTPException) as err:
         raise ConnectError(redact_key(f"cannot connect to {redacted(api.url)}: {err}", api.api_key)) from err
-    except ValueError as err:   # http.client refuses a header it cannot write (a row's extra_headers)
+    except Unsendable as err:   # a header it cannot write (a row's extra_headers)
         raise RejectedError(redact_key(f"the request cannot be sent: {err}", api.api_key)) from err
     return finish_response(status, content, answer_headers, reason, api.api_key, request)
 

@@ -32,6 +32,10 @@ from .guards import clamp, hold_s, redacted, tls_context, wait_slot
 READ_SIZE = 256 * 1024
 
 
+class Unsendable(Exception):
+    """http.client refused to write the request (a header name or value HTTP cannot carry)."""
+
+
 @dataclass(frozen=True)
 class Route:
     """How requests reach one origin: the host and port to connect to (the proxy's, through one),
@@ -159,7 +163,10 @@ class Connection:
         self._timeout = timeout
         if self._proxy_headers:
             headers = {**headers, **self._proxy_headers}
-        h.request(method, self.route.target_prefix + target, body, headers)
+        try:
+            h.request(method, self.route.target_prefix + target, body, headers)
+        except ValueError as err:   # raised before anything is written (UnicodeEncodeError included)
+            raise Unsendable(str(err)) from err
         return h.getresponse()
 
     def idle_ok(self) -> bool:
@@ -168,8 +175,9 @@ class Connection:
         sock = self._http.sock
         if sock is None:
             return False
-        readable, _, _ = select.select((sock,), (), (), 0)
-        return not readable
+        ready = select.poll()   # not select(): a busy process has descriptors past 1,024
+        ready.register(sock, select.POLLIN)
+        return not ready.poll(0)
 
     def close(self) -> None:
         self._http.close()

@@ -348,3 +348,22 @@ def test_credentials_in_the_base_url_are_sent_as_basic_auth(serve):
     assert _call(srv.url.replace("http://", "http://alice:pw%21@"), False, 5.0) == "ok"
     assert b"authorization: basic ywxpy2u6chch" in srv.heads[0].lower()
     assert srv.requests == ["/v1/chat/completions"]
+
+
+def test_a_connection_past_descriptor_1024_is_reused(serve):
+    """A process with over 1,024 files open (thread mode at -c 1024) still reuses its idle connections."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200 <= hard or hard == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    srv = serve(_answer)
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(socket.socket())
+        client = _client(srv.url)
+        assert [complete(client, dict(REQUEST), timeout=5.0).answer for _ in range(3)] == ["ok"] * 3
+    finally:
+        for sock in held:
+            sock.close()
+    assert len(srv.connected) == 1
