@@ -367,3 +367,38 @@ def test_a_connection_past_descriptor_1024_is_reused(serve):
         for sock in held:
             sock.close()
     assert len(srv.connected) == 1
+
+
+@pytest.fixture
+def tls_files(tmp_path, monkeypatch):
+    """A throwaway certificate for 127.0.0.1 (openssl), trusted by this process's clients only."""
+    import shutil
+    import subprocess
+    from mpdistill.provider import guards
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is needed to make the test certificate (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    guards.tls_context.cache_clear()
+    yield cert, key
+    guards.tls_context.cache_clear()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_https_endpoint_is_verified_and_answers(serve, tls_files, asynchronous):
+    """An https:// endpoint with a certificate the trust store holds answers; the same server under
+    a name its certificate does not carry is refused as a ConnectError."""
+    import ssl
+    cert, key = tls_files
+    srv = serve(_answer)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    url = srv.url.replace("http://", "https://")
+    assert _call(url, asynchronous, 5.0) == "ok" and _call(url, asynchronous, 5.0) == "ok"
+    with pytest.raises(errors.ConnectError):
+        _call(url.replace("127.0.0.1", "localhost"), asynchronous, 5.0)
