@@ -26,8 +26,8 @@ from .answer import Completion
 from .chat import body_of, finish_response, request_headers
 from .endpoint import Endpoint
 from .status import NO_KEY, deadline_error, redact_key
-from .guards import (deadline, hold_s, next_hop, query_value, redacted, too_large, too_many_redirects, tls_context,
-                     until_slot, MAX_REDIRECTS)
+from .guards import (MAX_REDIRECTS, deadline, hold_s, next_hop, query_value, redacted, too_large, too_many_redirects,
+                     tls_context, until_slot)
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
 
