@@ -20,7 +20,7 @@ import multiprocess as mp
 from . import modes
 from .flights import Flight, InFlight
 from .forked import ForkedProcess
-from .worker import Outcome, Task, WorkerSpec, preload
+from .worker import Outcome, Task, WorkerSpec, check_routes, preload
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class WorkerPool:
     def start(self) -> None:
         """Make the SDK clients workers inherit, and the first worker. The others are forked as
         the load needs them (see `_pick`): the first request leaves after one fork, not 64."""
+        check_routes(self.spec)
         if self._ctx.get_start_method() == "fork" and modes.inherits_clients(self.spec.mode):
             self._clients = preload(self.spec)
         self._grow()

@@ -23,6 +23,7 @@ from ..provider import chat
 from ..provider.guards import DEFAULT_MAX_RESPONSE_BYTES
 from ..provider.answer import Completion
 from ..inputs import images
+from ..provider.conn import route_to
 from ..provider.endpoint import Endpoint
 from ..errors import MpdistillError, TransientError, to_info
 
@@ -148,6 +149,13 @@ def preload(spec: WorkerSpec) -> _Clients:
     chat.warm_up()
     _resolve_once()
     return _Clients(spec).make_all()
+
+
+def check_routes(spec: WorkerSpec) -> None:
+    """ConfigError now, in the manager, when the environment's proxy for an endpoint is one no
+    client can use (every mode: event loops make their clients only inside the workers)."""
+    for endpoint in spec.endpoints:
+        route_to(endpoint.base_url)
 
 
 def _resolve_once() -> None:

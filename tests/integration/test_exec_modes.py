@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
+
 from mpdistill.mock.server import MockServer
-from tests.conftest import Workdir, wait_for, write_jsonl
+from tests.conftest import MODES, Workdir, wait_for, write_jsonl
 
 
 def _status(wd: Workdir) -> dict:
@@ -113,3 +115,20 @@ def test_async_worker_keeps_reading_tasks_while_the_manager_is_not_reading_outco
         finally:
             worker.kill()
             worker.join(5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_proxy_no_client_can_use_ends_the_run_before_any_call(tmp_path, monkeypatch, mode):
+    """ALL_PROXY=socks5://… ends the run with exit 2 naming the proxy (never its password) in every
+    mode, before any call; the row is still to do."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:pw1234@127.0.0.1:1080")
+    with MockServer() as server:
+        wd = Workdir(tmp_path, server.url, mode)
+        write_jsonl(wd.input, _rows(3))
+        proc = wd.run(processes=2, timeout=60)
+        assert server.stats()["requests"] == 0
+    assert proc.returncode == 2, proc.stderr
+    assert "socks5://127.0.0.1:1080" in proc.stderr and "NO_PROXY" in proc.stderr and "pw1234" not in proc.stderr
+    assert wd.results() == []
