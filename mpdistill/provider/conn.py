@@ -2,8 +2,8 @@
 from threads (`--mode process` and `thread`), with `guards` on every socket operation.
 
 Why not httpx, which the SDK uses: measured against nginx on the 2-core benchmark machine, one
-call costs 0.69 ms of CPU through httpx, httpcore and h11 and 0.25 ms here, and at `-p 64` that is
-most of what a worker does; importing httpx (and trio, under httpcore) also cost 0.2 s of every
+call (`chat.complete`, the whole of it) costs 0.69 ms of CPU through httpx, httpcore and h11 and
+0.29 ms here, and at `-p 64` that was most of what a worker did; importing httpx (and trio, under httpcore) also cost 0.2 s of every
 run's start-up. http.client does the HTTP/1.1 framing (chunked and close-delimited bodies, keep-alive,
 CONNECT tunnels); this module adds what a call needs on top:
 - every read and write clamped to what is left of the call's deadline (`_DeadlineIO`), and a
