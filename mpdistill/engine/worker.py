@@ -294,7 +294,7 @@ def _answer(task: Task, conn, clients: _Clients, spec: WorkerSpec, send_lock=con
     """Make the call of `task` and send its outcome (the manager gone: exit at once)."""
     try:
         outcome = execute(task, clients.get(task.endpoint), spec)
-    except Exception as err:  # making the client failed (e.g. a proxy it cannot use): report it
+    except Exception as err:  # making the client failed (a library surprise): report it, never lose the task
         outcome = surprise(task.tid, err, time.monotonic())
     data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     try:

@@ -120,11 +120,11 @@ async def _send(api: AioChatClient, url: URL, body: bytes | None, headers: dict,
     for _ in range(MAX_REDIRECTS + 1):
         async with api.session.request(method, url, data=body, headers=headers, allow_redirects=False,
                                        timeout=limits, proxy=api.proxy[0], proxy_auth=api.proxy[1]) as response:
-            hop = next_hop(response.status, method, str(url), response.headers.get("Location"))
+            hop = next_hop(response.status, method, str(url), response.headers.get("Location"), body)
             if hop is None:
                 content = await _read(response, api.max_response_bytes)
                 return response.status, content, response.headers, response.reason or ""
-            (method, target), body = hop, None if hop[0] == "GET" else body
+            method, target, body = hop
             url = URL(target, encoded=True)
     raise too_many_redirects(api.url)
 

@@ -99,7 +99,7 @@ def _send(api: ChatClient, url: str, body: bytes | None, headers: dict,
         conn = api.pool.take()
         try:
             response = conn.send(method, _target(url), body, headers, timeout)
-            hop = next_hop(response.status, method, url, response.headers.get("Location"))
+            hop = next_hop(response.status, method, url, response.headers.get("Location"), body)
             cap = api.max_response_bytes
             content = read_body(response, cap, lambda: too_large(response.status, cap))
         except BaseException:
@@ -108,7 +108,7 @@ def _send(api: ChatClient, url: str, body: bytes | None, headers: dict,
         api.pool.give(conn)
         if hop is None:
             return response.status, content, response.headers, response.reason
-        (method, url), body = hop, None if hop[0] == "GET" else body
+        method, url, body = hop
     raise too_many_redirects(api.url)
 
 

@@ -3,9 +3,9 @@ from threads (`--mode process` and `thread`), with `guards` on every socket oper
 
 Why not httpx, which the SDK uses: measured against nginx on the 2-core benchmark machine, one
 call (`chat.complete`, the whole of it) costs 0.69 ms of CPU through httpx, httpcore and h11 and
-0.29 ms here, and at `-p 64` that was most of what a worker did; importing httpx (and trio, under httpcore) also cost 0.2 s of every
-run's start-up. http.client does the HTTP/1.1 framing (chunked and close-delimited bodies, keep-alive,
-CONNECT tunnels); this module adds what a call needs on top:
+0.29 ms here, and at `-p 64` that was most of what a worker did; importing httpx (and trio, under
+httpcore) also cost 0.2 s of every run's start-up. http.client does the HTTP/1.1 framing (chunked
+and close-delimited bodies, keep-alive, CONNECT tunnels); this module adds what a call needs on top:
 - every read and write clamped to what is left of the call's deadline (`_DeadlineIO`), and a
   paced call's request written at its slot once its connection is made (`send`);
 - connections kept alive and reused, an idle one that the server closed (readable) dropped;
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ConfigError
-from .guards import clamp, hold_s, redacted, tls_context, wait_slot
+from .guards import clamp, hold_s, origin, redacted, tls_context, wait_slot
 
 # What a call reads at a time (it checks the size cap between reads)
 READ_SIZE = 256 * 1024
@@ -64,8 +64,7 @@ def _route(url: str) -> Route:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"cannot call {redacted(url)}: the base URL must be http:// or https:// with a host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    host = parts.hostname
+    _, host, port = origin(url)
     proxy = _environment_proxy(parts.scheme, host)
     if proxy is None:
         return Route(parts.scheme, host, port, host, port)
@@ -217,11 +216,9 @@ class Pool:
 
 def read_body(response: http.client.HTTPResponse, cap: int | None, too_large: Callable[[], Exception]) -> bytes:
     """The whole body of `response`, or `too_large()` as soon as it (or its Content-Length) exceeds `cap`."""
-    if response.length is not None:   # a declared length: read exactly that (short: IncompleteRead)
-        if cap is not None and response.length > cap:
-            raise too_large()
-        return response.read()
-    if cap is None:
+    if cap is not None and response.length is not None and response.length > cap:
+        raise too_large()
+    if cap is None or response.length is not None:   # a declared length: exactly that (short: IncompleteRead)
         return response.read()
     chunks, seen = [], 0
     while chunk := response.read1(READ_SIZE):

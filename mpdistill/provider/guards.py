@@ -110,18 +110,19 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(parts.scheme)
 
 
-def next_hop(status: int, method: str, url: str, location: str | None) -> tuple[str, str] | None:
-    """Where a redirect answer sends the call: (method, URL), None when `status` is no redirect;
-    RedirectError when it leaves the origin. The method changes as httpx changes it (303, and a
-    POST answered 301 or 302, become GET: see `redirected_body`)."""
+def next_hop(status: int, method: str, url: str, location: str | None,
+             body: bytes | None) -> tuple[str, str, bytes | None] | None:
+    """Where a redirect answer sends the call: (method, URL, body), None when `status` is no
+    redirect; RedirectError when it leaves the origin. The method changes as httpx changes it (303,
+    and a POST answered 301 or 302, become a GET without the body)."""
     if status not in REDIRECT_STATUSES or location is None:
         return None
     target = urllib.parse.urljoin(url, location)
     if origin(target) != origin(url):
         raise redirect_error(status, url, target)
     if status == 303 or (status in (301, 302) and method == "POST"):
-        return "GET", target
-    return method, target
+        return "GET", target, None
+    return method, target, body
 
 
 def too_many_redirects(url: str) -> CallError:
